@@ -1,0 +1,191 @@
+//! The ZEO front end: the listener, one session per client connection,
+//! and the graceful shutdown.
+
+mod session;
+mod status;
+mod transaction;
+mod validate;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn, Instrument};
+
+use crate::backend::BackendSettings;
+use crate::config::{Config, Timeouts};
+use crate::protocol::{Encoding, Message, Outgoing, Value, ZeoError};
+use crate::raid::{Availability, Raid};
+pub use transaction::ReplyTo;
+
+/// What every session needs to know from the configuration.
+pub struct FrontendSettings {
+    /// The encoding announced at the handshake.
+    pub announce: Encoding,
+    pub max_frame_size: usize,
+    pub timeouts: Timeouts,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("no backend reachable: {0}")]
+    NoBackend(String),
+}
+
+/// Runs zeoraid on `listener` until `shutdown` is cancelled, then closes
+/// connections gracefully: commits that hold the lock may finish within
+/// the shutdown timeout.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    std::fs::create_dir_all(&config.server.state_dir).map_err(|source| StartError::StateDir {
+        path: config.server.state_dir.display().to_string(),
+        source,
+    })?;
+    let timeouts = config.timeouts.clone();
+    let backend = &config.backends[0];
+    let settings = BackendSettings {
+        name: backend.name.clone(),
+        address: backend.address.clone(),
+        storage: backend.storage.clone(),
+        connect_timeout: timeouts.connect(),
+        call_timeout: timeouts.call(),
+        heartbeat_interval: timeouts.heartbeat(),
+        max_frame_size: config.server.max_frame_size,
+    };
+    let core = Raid::start(
+        &config.server.storage,
+        settings,
+        config.server.invalidation_queue_size,
+    );
+    wait_for_backend(&core, timeouts.connect() + Duration::from_secs(1)).await?;
+
+    let frontend = Arc::new(FrontendSettings {
+        announce: config.server.encoding,
+        max_frame_size: config.server.max_frame_size,
+        timeouts: timeouts.clone(),
+    });
+    info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        storage = %config.server.storage, "zeoraid serving");
+    let sessions = accept_loop(
+        listener,
+        core.clone(),
+        frontend,
+        config.server.max_connections,
+        shutdown.clone(),
+    )
+    .await;
+
+    info!("shutting down: waiting for sessions to end");
+    sessions.close();
+    if tokio::time::timeout(timeouts.shutdown(), sessions.wait())
+        .await
+        .is_err()
+    {
+        warn!(timeout = ?timeouts.shutdown(), "sessions still open after the shutdown timeout; closing them");
+        core.disconnect_all_clients();
+        let _ = tokio::time::timeout(Duration::from_secs(5), sessions.wait()).await;
+    }
+    core.shutdown();
+    info!("zeoraid stopped");
+    Ok(())
+}
+
+/// Waits for the first backend connection, so that a zeoraid that cannot
+/// reach any backend says so at start-up instead of refusing every client.
+async fn wait_for_backend(core: &Raid, timeout: Duration) -> Result<(), StartError> {
+    let mut availability = core.availability();
+    let settled = tokio::time::timeout(
+        timeout,
+        availability.wait_for(|a| !matches!(a, Availability::Unavailable(_))),
+    )
+    .await
+    .is_ok();
+    let state = availability.borrow().clone();
+    match state {
+        Availability::Available if settled => Ok(()),
+        Availability::Unavailable(reason) | Availability::Failed(reason) => {
+            core.shutdown();
+            Err(StartError::NoBackend(reason))
+        }
+        Availability::Available => Ok(()),
+    }
+}
+
+/// Accepts connections until shutdown; returns the tracker of the
+/// sessions still running.
+async fn accept_loop(
+    listener: TcpListener,
+    core: Arc<Raid>,
+    settings: Arc<FrontendSettings>,
+    max_connections: usize,
+    shutdown: CancellationToken,
+) -> TaskTracker {
+    let sessions = TaskTracker::new();
+    let limit = Arc::new(Semaphore::new(max_connections));
+    let next_id = AtomicU64::new(1);
+    loop {
+        // The permit is taken before accepting: over the limit, new
+        // clients wait in the listen backlog.
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => permit.expect("never closed"),
+            _ = shutdown.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                let session = session::run(
+                    stream,
+                    peer,
+                    id,
+                    core.clone(),
+                    settings.clone(),
+                    shutdown.clone(),
+                );
+                let span = tracing::info_span!("client", %peer, id);
+                sessions.spawn(
+                    async move {
+                        session.await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: pause rather than
+                // spin; the server keeps running.
+                error!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    sessions
+}
+
+/// Sends a reply, unless the client sent the call as one-way.
+async fn send_reply(outbound: &mpsc::Sender<Outgoing>, reply: ReplyTo, result: Result<Value, ZeoError>) {
+    if !reply.wanted {
+        return;
+    }
+    let message = match result {
+        Ok(value) => Message::reply(reply.msgid, value),
+        Err(error) => error.into_reply(reply.msgid),
+    };
+    let _ = outbound.send(Outgoing::Owned(message)).await;
+}

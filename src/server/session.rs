@@ -1,0 +1,723 @@
+//! One client connection: handshake, register, and the dispatch of every
+//! ZEO 5 server method.
+//!
+//! Reads are forwarded to a backend without waiting: the reply handler
+//! queues the answer on the client's outgoing queue straight from the
+//! backend connection's reader, so a client can pipeline loads and sees
+//! replies and invalidations in the order the backend produced them.
+//! Transactional messages go, in order, to the session's transaction
+//! worker.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::transaction::{ReplyTo, TransactionWorker, TxnCommand};
+use super::{send_reply, status, validate, FrontendSettings};
+use crate::backend::CallError;
+use crate::protocol::framing::{frame_reader, FrameReader, FrameWriter};
+use crate::protocol::{Encoding, Message, MessageKind, Outgoing, Tid, Value, ZeoError};
+use crate::raid::{Changes, ClientId, Raid};
+
+/// Messages queued for one client. Replies wait for room (backpressure on
+/// that client alone); broadcasts that find it full disconnect the client.
+const OUTBOUND_QUEUE: usize = 1024;
+
+/// Transactional messages queued for the worker.
+const TXN_QUEUE: usize = 256;
+
+/// Why a session ends early; logged once.
+type Close = String;
+
+/// Serves one accepted connection until it closes.
+pub async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: ClientId,
+    core: Arc<Raid>,
+    settings: Arc<FrontendSettings>,
+    shutdown: CancellationToken,
+) {
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%peer, %error, "cannot set TCP_NODELAY");
+    }
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = frame_reader(read_half, settings.max_frame_size);
+    let mut writer = FrameWriter::new(write_half, settings.max_frame_size);
+    let timeout = settings.timeouts.handshake();
+
+    writer.push_raw(settings.announce.handshake());
+    if writer.flush(timeout).await.is_err() {
+        return;
+    }
+    let first = match tokio::time::timeout(timeout, reader.next()).await {
+        Ok(Some(Ok(frame))) => frame,
+        Ok(Some(Err(error))) => {
+            warn!(%peer, %error, "bad handshake frame; closing");
+            return;
+        }
+        Ok(None) => return,
+        Err(_) => {
+            debug!(%peer, "no handshake within {timeout:?}; closing");
+            return;
+        }
+    };
+    if &first[..] == b"ruok" {
+        writer.push_raw(status::ruok_json(&core).as_bytes());
+        let _ = writer.flush(timeout).await;
+        return;
+    }
+    let encoding = match &first[..] {
+        [letter, b'5'] => Encoding::from_letter(*letter),
+        _ => None,
+    };
+    let Some(encoding) = encoding else {
+        warn!(%peer, handshake = %String::from_utf8_lossy(&first[..first.len().min(32)]), "bad handshake: zeoraid speaks ZEO protocol 5 (M5 or Z5); closing");
+        return;
+    };
+    if !core.is_available() {
+        // A ZEO client retries the connection shortly; better than
+        // registering it against a storage that cannot answer.
+        debug!(%peer, "no backend available; refusing client");
+        return;
+    }
+
+    let close = CancellationToken::new();
+    let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
+    let writer_task = tokio::spawn(write_loop(
+        writer,
+        encoding,
+        queue,
+        close.clone(),
+        settings.timeouts.call(),
+    ));
+    core.stats().connections.fetch_add(1, Ordering::Relaxed);
+    debug!(?encoding, "client connected");
+
+    let (holds_lock_tx, holds_lock) = watch::channel(false);
+    let mut session = Session {
+        id,
+        encoding,
+        core: core.clone(),
+        settings,
+        outbound,
+        close: close.clone(),
+        registered: false,
+        read_only: false,
+        label: None,
+        iterators: Arc::new(Mutex::new(Iterators::default())),
+        txn: None,
+        holds_lock_tx: Some(holds_lock_tx),
+    };
+    let reason = session.serve(&mut reader, holds_lock, shutdown).await;
+    match reason.as_str() {
+        "client disconnected" | "session closed" => debug!(%reason, "client connection ended"),
+        _ => info!(%reason, "client connection closed"),
+    }
+    session.end().await;
+    drop(session);
+    // Wake the writer so it sees the close and ends; it drops whatever it
+    // still held queued.
+    close.cancel();
+    let _ = writer_task.await;
+    core.stats().connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Writes queued messages in batches until the session closes.
+async fn write_loop(
+    mut writer: FrameWriter<OwnedWriteHalf>,
+    encoding: Encoding,
+    mut queue: mpsc::Receiver<Outgoing>,
+    close: CancellationToken,
+    write_timeout: Duration,
+) {
+    loop {
+        let message = tokio::select! {
+            biased;
+            message = queue.recv() => message,
+            _ = close.cancelled() => None,
+        };
+        let Some(message) = message else { break };
+        let mut result = writer.push(encoding, &message);
+        while result.is_ok() && !writer.wants_flush() {
+            match queue.try_recv() {
+                Ok(message) => result = writer.push(encoding, &message),
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = result {
+            warn!(%error, "cannot send to client; closing");
+            break;
+        }
+        if let Err(error) = writer.flush(write_timeout).await {
+            debug!(%error, "write to client failed; closing");
+            break;
+        }
+    }
+    close.cancel();
+    writer.shutdown().await;
+}
+
+/// Client-visible iterator ids mapped to the backend's: backend ids are
+/// per backend connection, shared by all clients, so clients must not see
+/// or guess each other's.
+#[derive(Default)]
+struct Iterators {
+    next_id: i64,
+    to_backend: HashMap<i64, Value>,
+}
+
+impl Iterators {
+    fn add(&mut self, backend_id: Value) -> i64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.to_backend.insert(id, backend_id);
+        id
+    }
+}
+
+struct Session {
+    id: ClientId,
+    /// The encoding the client chose at the handshake.
+    encoding: Encoding,
+    core: Arc<Raid>,
+    settings: Arc<FrontendSettings>,
+    outbound: mpsc::Sender<Outgoing>,
+    close: CancellationToken,
+    registered: bool,
+    read_only: bool,
+    /// Set by `set_client_label`, for the logs.
+    label: Option<String>,
+    iterators: Arc<Mutex<Iterators>>,
+    /// The transaction worker's queue, started at register for writable
+    /// sessions.
+    txn: Option<mpsc::Sender<TxnCommand>>,
+    holds_lock_tx: Option<watch::Sender<bool>>,
+}
+
+impl Session {
+    async fn serve<R: tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut FrameReader<R>,
+        mut holds_lock: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) -> Close {
+        let mut draining = false;
+        loop {
+            let frame = tokio::select! {
+                biased;
+                _ = self.close.cancelled() => return "session closed".into(),
+                _ = shutdown.cancelled(), if !draining => {
+                    // Let a commit that holds the lock finish first.
+                    draining = true;
+                    if !*holds_lock.borrow() {
+                        return "zeoraid is shutting down".into();
+                    }
+                    continue;
+                }
+                _ = holds_lock.changed(), if draining => {
+                    if !*holds_lock.borrow() {
+                        return "zeoraid is shutting down (commit finished)".into();
+                    }
+                    continue;
+                }
+                frame = reader.next() => frame,
+            };
+            let frame = match frame {
+                None => return "client disconnected".into(),
+                Some(Err(error)) => return format!("unreadable frame: {error}"),
+                Some(Ok(frame)) => frame.freeze(),
+            };
+            let message = match self.encoding.decode(&frame) {
+                Ok(message) => message,
+                Err(error) => return format!("undecodable frame: {error}"),
+            };
+            if message.is_heartbeat() {
+                continue;
+            }
+            if let Err(reason) = self.handle(message).await {
+                return reason;
+            }
+        }
+    }
+
+    async fn handle(&mut self, message: Message) -> Result<(), Close> {
+        let Message {
+            msgid,
+            kind,
+            name,
+            args,
+        } = message;
+        let wanted = match kind {
+            MessageKind::Call => true,
+            MessageKind::OneWay => false,
+            MessageKind::Reply | MessageKind::ErrorReply => {
+                return Err(format!("client sent a reply ({})", msgid.summary()));
+            }
+        };
+        let args = match args.into_seq() {
+            Ok(args) => args,
+            Err(other) => {
+                return Err(format!(
+                    "{name}: arguments are {}, not a sequence",
+                    other.summary()
+                ))
+            }
+        };
+        if !self.registered && name != "register" {
+            // ZEO closes such connections without a reply.
+            return Err(format!("{name} called before register"));
+        }
+        self.dispatch(&name, args, ReplyTo { msgid, wanted }).await
+    }
+
+    /// Answers a request now. An error in a one-way message closes the
+    /// connection, as ZEO does: there is no other way to report it.
+    async fn respond(
+        &self,
+        name: &str,
+        reply: ReplyTo,
+        result: Result<Value, ZeoError>,
+    ) -> Result<(), Close> {
+        match result {
+            Err(error) if !reply.wanted => Err(format!("error in one-way {name}: {error}")),
+            result => {
+                send_reply(&self.outbound, reply, result).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn dispatch(&mut self, name: &str, args: Vec<Value>, reply: ReplyTo) -> Result<(), Close> {
+        // Argument checks first: bad input is answered here and never
+        // reaches a backend.
+        if let Err(error) = check_arguments(name, &args) {
+            return self.respond(name, reply, Err(error)).await;
+        }
+        match name {
+            "register" => {
+                if self.registered {
+                    return Err("register called twice".into());
+                }
+                let result = self.register(&args);
+                self.respond(name, reply, result).await
+            }
+            "get_info" => {
+                let storage = self.core.storage_name().to_owned();
+                self.forward(reply, name, args, move |info| own_info(info, &storage))
+                    .await
+            }
+            "lastTransaction" => {
+                let tid = self.core.last_tid().to_value();
+                self.respond(name, reply, Ok(tid)).await
+            }
+            "getInvalidations" => {
+                let tid = Tid::from_value(&args[0]).expect("checked");
+                match self.core.changes_since(tid) {
+                    Changes::Known(latest, oids) => {
+                        let answer = Value::Tuple(vec![latest.to_value(), Value::List(oids)]);
+                        self.respond(name, reply, Ok(answer)).await
+                    }
+                    // Older than zeoraid's history: the backend's own
+                    // queue may reach further back.
+                    Changes::Unknown => self.forward(reply, name, args, |v| v).await,
+                }
+            }
+            "ping" => self.respond(name, reply, Ok(Value::None)).await,
+            "set_client_label" => {
+                self.label = args[0].as_str().map(str::to_owned);
+                debug!(label = ?self.label, "client label set");
+                self.respond(name, reply, Ok(Value::None)).await
+            }
+            "server_status" => {
+                let status = status::server_status(&self.core);
+                self.respond(name, reply, Ok(status)).await
+            }
+            "loadBefore" | "loadSerial" => {
+                self.core.stats().loads.fetch_add(1, Ordering::Relaxed);
+                self.forward(reply, name, args, |v| v).await
+            }
+            "getTid" | "history" | "record_iternext" | "undoLog" | "undoInfo" => {
+                self.forward(reply, name, args, |v| v).await
+            }
+            "new_oids" => match self.writable() {
+                Ok(()) => self.forward(reply, name, args, |v| v).await,
+                Err(error) => self.respond(name, reply, Err(error)).await,
+            },
+            "new_oid" => {
+                let error = ZeoError::attribute_error("'ZEOStorage' object has no attribute 'new_oid'");
+                self.respond(name, reply, Err(error)).await
+            }
+            "pack" => {
+                let timeout = self.settings.timeouts.pack();
+                self.forward_timeout(reply, name, args, timeout, |v| v).await
+            }
+            "iterator_start" => {
+                let iterators = self.iterators.clone();
+                self.forward(reply, name, args, move |backend_id| {
+                    Value::Int(iterators.lock().add(backend_id))
+                })
+                .await
+            }
+            "iterator_next" | "iterator_record_next" | "iterator_record_start" => {
+                self.iterator_call(name, args, reply).await
+            }
+            "iterator_gc" => {
+                self.iterator_gc(&args[0]).await;
+                self.respond(name, reply, Ok(Value::None)).await
+            }
+            "tpc_begin" | "storea" | "deleteObject" | "checkCurrentSerialInTransaction"
+            | "restorea" | "undoa" | "vote" | "tpc_finish" | "tpc_abort" => {
+                if let Err(error) = self.writable() {
+                    return self.respond(name, reply, Err(error)).await;
+                }
+                let queue = self.txn.as_ref().expect("writable sessions have a worker");
+                if queue.send(transaction_command(name, args, reply)).await.is_err() {
+                    return Err("transaction worker ended".into());
+                }
+                Ok(())
+            }
+            "sendBlob" | "storeBlobStart" | "storeBlobChunk" | "storeBlobEnd"
+            | "storeBlobShared" => {
+                let error = ZeoError::storage(format!("{name}: this zeoraid does not support blobs yet"));
+                self.respond(name, reply, Err(error)).await
+            }
+            other => {
+                let error = ZeoError::attribute_error(format!("zeoraid has no method {other:?}"));
+                self.respond(name, reply, Err(error)).await
+            }
+        }
+    }
+
+    fn register(&mut self, args: &[Value]) -> Result<Value, ZeoError> {
+        let storage = args[0].as_str().unwrap_or_default();
+        if storage != self.core.storage_name() {
+            return Err(ZeoError::value_error(format!("unknown storage: {storage}")));
+        }
+        self.read_only = args.get(1).is_some_and(Value::is_truthy);
+        if !self.read_only {
+            let (commands, queue) = mpsc::channel(TXN_QUEUE);
+            let worker = TransactionWorker::new(
+                self.core.clone(),
+                self.id,
+                self.outbound.clone(),
+                self.close.clone(),
+                self.holds_lock_tx.take().expect("register runs once"),
+                self.settings.timeouts.transaction(),
+            );
+            tokio::spawn(worker.run(queue));
+            self.txn = Some(commands);
+        }
+        self.registered = true;
+        let last_tid = self
+            .core
+            .subscribe(self.id, self.outbound.clone(), self.close.clone());
+        Ok(last_tid.to_value())
+    }
+
+    fn writable(&self) -> Result<(), ZeoError> {
+        if self.read_only {
+            Err(ZeoError::read_only())
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn iterator_call(&mut self, name: &str, mut args: Vec<Value>, reply: ReplyTo) -> Result<(), Close> {
+        let client_id = args[0].as_int().expect("checked");
+        let backend_id = self.iterators.lock().to_backend.get(&client_id).cloned();
+        let Some(backend_id) = backend_id else {
+            return self
+                .respond(name, reply, Err(ZeoError::key_error(Value::Int(client_id))))
+                .await;
+        };
+        args[0] = backend_id;
+        let iterators = self.iterators.clone();
+        if name == "iterator_record_start" {
+            return self
+                .forward(reply, name, args, move |riid| Value::Int(iterators.lock().add(riid)))
+                .await;
+        }
+        self.forward(reply, name, args, move |item| {
+            if item == Value::None {
+                // The backend forgot the exhausted iterator.
+                iterators.lock().to_backend.remove(&client_id);
+            }
+            item
+        })
+        .await
+    }
+
+    async fn iterator_gc(&mut self, ids: &Value) {
+        let backend_ids: Vec<Value> = {
+            let mut iterators = self.iterators.lock();
+            ids.as_seq()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(Value::as_int)
+                .filter_map(|id| iterators.to_backend.remove(&id))
+                .collect()
+        };
+        self.gc_backend_iterators(backend_ids).await;
+    }
+
+    async fn gc_backend_iterators(&self, backend_ids: Vec<Value>) {
+        if backend_ids.is_empty() {
+            return;
+        }
+        if let Some(backend) = self.core.read_backend() {
+            let _ = backend
+                .one_way("iterator_gc", vec![Value::List(backend_ids)])
+                .await;
+        }
+    }
+
+    /// Forwards a call to the backend with the default call timeout.
+    async fn forward(
+        &self,
+        reply: ReplyTo,
+        method: &str,
+        args: Vec<Value>,
+        transform: impl FnOnce(Value) -> Value + Send + 'static,
+    ) -> Result<(), Close> {
+        let timeout = self.settings.timeouts.call();
+        self.forward_timeout(reply, method, args, timeout, transform)
+            .await
+    }
+
+    /// Forwards a call; the backend's reply (passed through `transform`)
+    /// or its error is queued for the client straight from the backend
+    /// connection's reader.
+    async fn forward_timeout(
+        &self,
+        reply: ReplyTo,
+        method: &str,
+        args: Vec<Value>,
+        timeout: Duration,
+        transform: impl FnOnce(Value) -> Value + Send + 'static,
+    ) -> Result<(), Close> {
+        let Some(backend) = self.core.read_backend().cloned() else {
+            let error = ZeoError::storage("no backend is available");
+            return self.respond(method, reply, Err(error)).await;
+        };
+        // Reserving room first bounds the replies in flight by the queue
+        // size, and lets the handler queue without ever blocking the
+        // backend's reader.
+        let Ok(permit) = self.outbound.clone().reserve_owned().await else {
+            return Err("client queue closed".into());
+        };
+        let ReplyTo { msgid, wanted } = reply;
+        let handler = Box::new(move |result: Result<Value, CallError>| {
+            if !wanted {
+                return;
+            }
+            let message = match result {
+                Ok(value) => Message::reply(msgid, transform(value)),
+                Err(error) => error.into_zeo_error().into_reply(msgid),
+            };
+            permit.send(Outgoing::Owned(message));
+        });
+        backend.call_with(method, args, timeout, handler).await;
+        Ok(())
+    }
+
+    /// Releases what the session holds: its transaction (the worker aborts
+    /// it when its queue closes), its place in the fan-out, its iterators.
+    async fn end(&mut self) {
+        self.core.unsubscribe(self.id);
+        self.txn = None;
+        let leftover: Vec<Value> = self
+            .iterators
+            .lock()
+            .to_backend
+            .drain()
+            .map(|(_, v)| v)
+            .collect();
+        self.gc_backend_iterators(leftover).await;
+    }
+}
+
+/// Checks a request's arguments: count, types, and that nothing reaches a
+/// backend that would make it drop the shared connection.
+fn check_arguments(name: &str, args: &[Value]) -> Result<(), ZeoError> {
+    use validate::{arity, bytes, bytes_or_none, id8, id8_or_none, int, number, plain_data};
+    match name {
+        "register" => {
+            arity(name, args, 1, 2)?;
+            validate::str(name, "storage", &args[0])
+        }
+        "getInvalidations" | "getTid" => {
+            arity(name, args, 1, 1)?;
+            id8(name, "tid", &args[0])
+        }
+        "set_client_label" => {
+            arity(name, args, 1, 1)?;
+            validate::str(name, "label", &args[0])
+        }
+        "loadBefore" | "loadSerial" => {
+            arity(name, args, 2, 2)?;
+            id8(name, "oid", &args[0])?;
+            id8(name, "tid", &args[1])
+        }
+        "history" => {
+            arity(name, args, 1, 2)?;
+            id8(name, "oid", &args[0])?;
+            args.get(1).map_or(Ok(()), |size| int(name, "size", size).map(drop))
+        }
+        "record_iternext" => {
+            arity(name, args, 0, 1)?;
+            args.first().map_or(Ok(()), |next| id8_or_none(name, "next", next))
+        }
+        "undoLog" | "undoInfo" => {
+            arity(name, args, 0, 3)?;
+            for bound in args.iter().take(2) {
+                int(name, "first/last", bound)?;
+            }
+            args.iter().try_for_each(|a| plain_data(name, a))
+        }
+        "new_oids" => {
+            arity(name, args, 0, 1)?;
+            args.first().map_or(Ok(()), |n| int(name, "n", n).map(drop))
+        }
+        "pack" => {
+            arity(name, args, 1, 2)?;
+            number(name, "t", &args[0])?;
+            args.get(1).map_or(Ok(()), |wait| number(name, "wait", wait))
+        }
+        "iterator_start" => {
+            arity(name, args, 0, 2)?;
+            args.iter().try_for_each(|a| id8_or_none(name, "start/stop", a))
+        }
+        "iterator_next" | "iterator_record_next" => {
+            arity(name, args, 1, 1)?;
+            int(name, "iterator id", &args[0]).map(drop)
+        }
+        "iterator_record_start" => {
+            arity(name, args, 2, 2)?;
+            int(name, "iterator id", &args[0])?;
+            id8(name, "tid", &args[1])
+        }
+        "iterator_gc" => {
+            arity(name, args, 1, 1)?;
+            let ids = args[0]
+                .as_seq()
+                .ok_or_else(|| ZeoError::type_error("iterator_gc: expects a list of ids"))?;
+            ids.iter().try_for_each(|id| int(name, "iterator id", id).map(drop))
+        }
+        "tpc_begin" => {
+            arity(name, args, 1, 6)?;
+            int(name, "txn id", &args[0])?;
+            args.get(1).map_or(Ok(()), |user| bytes(name, "user", user))?;
+            args.get(2).map_or(Ok(()), |d| bytes(name, "description", d))?;
+            if let Some(extension) = args.get(3) {
+                if !matches!(extension, Value::Dict(_)) {
+                    return Err(ZeoError::type_error("tpc_begin: extension must be a dict"));
+                }
+                plain_data(name, extension)?;
+            }
+            args.get(4).map_or(Ok(()), |tid| id8_or_none(name, "tid", tid))?;
+            args.get(5).map_or(Ok(()), |status| validate::str(name, "status", status))
+        }
+        "storea" => {
+            arity(name, args, 4, 4)?;
+            id8(name, "oid", &args[0])?;
+            id8(name, "serial", &args[1])?;
+            bytes(name, "data", &args[2])?;
+            int(name, "txn id", &args[3]).map(drop)
+        }
+        "deleteObject" | "checkCurrentSerialInTransaction" => {
+            arity(name, args, 3, 3)?;
+            id8(name, "oid", &args[0])?;
+            id8(name, "serial", &args[1])?;
+            int(name, "txn id", &args[2]).map(drop)
+        }
+        "restorea" => {
+            arity(name, args, 5, 5)?;
+            id8(name, "oid", &args[0])?;
+            id8(name, "serial", &args[1])?;
+            bytes_or_none(name, "data", &args[2])?;
+            id8_or_none(name, "prev_txn", &args[3])?;
+            int(name, "txn id", &args[4]).map(drop)
+        }
+        "undoa" => {
+            arity(name, args, 2, 2)?;
+            bytes(name, "undo id", &args[0])?;
+            int(name, "txn id", &args[1]).map(drop)
+        }
+        "vote" | "tpc_finish" | "tpc_abort" => {
+            arity(name, args, 1, 1)?;
+            int(name, "txn id", &args[0]).map(drop)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Turns a checked transactional message into a worker command.
+fn transaction_command(name: &str, mut args: Vec<Value>, reply: ReplyTo) -> TxnCommand {
+    let txn_id = |value: &Value| value.as_int().expect("checked");
+    match name {
+        "tpc_begin" => {
+            let mut fields = args.into_iter();
+            let txn_id = fields.next().as_ref().map(txn_id).expect("checked");
+            let mut next = |default: Value| fields.next().unwrap_or(default);
+            TxnCommand::Begin {
+                txn_id,
+                user: next(Value::bytes(Vec::new())),
+                description: next(Value::bytes(Vec::new())),
+                extension: next(Value::Dict(vec![])),
+                tid: next(Value::None),
+                status: next(Value::str(" ")),
+            }
+        }
+        "vote" => TxnCommand::Vote { txn_id: txn_id(&args[0]), reply },
+        "tpc_finish" => TxnCommand::Finish { txn_id: txn_id(&args[0]), reply },
+        "tpc_abort" => TxnCommand::Abort { txn_id: txn_id(&args[0]), reply },
+        _ => {
+            let txn_id = txn_id(&args.pop().expect("checked"));
+            let method = match name {
+                "storea" => "storea",
+                "deleteObject" => "deleteObject",
+                "checkCurrentSerialInTransaction" => "checkCurrentSerialInTransaction",
+                "restorea" => "restorea",
+                _ => "undoa",
+            };
+            TxnCommand::Op { txn_id, method, args }
+        }
+    }
+}
+
+/// The backend's `get_info`, made zeoraid's: its storage name, and no blob
+/// interfaces while zeoraid cannot carry blobs.
+fn own_info(info: Value, storage: &str) -> Value {
+    let Value::Dict(items) = info else { return info };
+    let items = items
+        .into_iter()
+        .map(|(key, value)| match key.as_str() {
+            Some("name") => (key, Value::Str(format!("zeoraid:{storage}"))),
+            Some("interfaces") => {
+                let kept = value
+                    .into_seq()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|pair| {
+                        let name = pair.as_seq().and_then(|p| p.get(1)).and_then(Value::as_str);
+                        !matches!(name, Some("IBlobStorage" | "IBlobStorageRestoreable"))
+                    })
+                    .collect();
+                (key, Value::Tuple(kept))
+            }
+            _ => (key, value),
+        })
+        .collect();
+    Value::Dict(items)
+}

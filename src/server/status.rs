@@ -1,0 +1,108 @@
+//! `server_status` and the `ruok` probe's JSON.
+
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::protocol::Value;
+use crate::raid::{Raid, Stats};
+
+/// The counters ZEO's `server_status` reports, with the same keys.
+pub fn server_status(core: &Raid) -> Value {
+    let stats = core.stats();
+    let int = |counter: &AtomicU64| Value::Int(Stats::get(counter) as i64);
+    let lock_ms = Stats::get(&stats.lock_time_ms);
+    let lock_time = if lock_ms == 0 {
+        Value::None
+    } else {
+        Value::Float(lock_ms as f64 / 1000.0)
+    };
+    let entries = [
+        ("connections", int(&stats.connections)),
+        ("loads", int(&stats.loads)),
+        ("stores", int(&stats.stores)),
+        ("commits", int(&stats.commits)),
+        ("aborts", int(&stats.aborts)),
+        ("active_txns", int(&stats.active_txns)),
+        ("conflicts", int(&stats.conflicts)),
+        ("conflicts_resolved", int(&stats.conflicts_resolved)),
+        ("waiting", int(&stats.waiting)),
+        ("lock_time", lock_time),
+        ("start", Value::str(ctime(stats.started))),
+        // zeoraid's own transaction timeout is always running.
+        ("timeout-thread-is-alive", Value::Bool(true)),
+        ("last-transaction", Value::str(core.last_tid().to_string())),
+    ];
+    Value::Dict(
+        entries
+            .into_iter()
+            .map(|(key, value)| (Value::str(key), value))
+            .collect(),
+    )
+}
+
+/// `{storage_name: status}` as JSON, the answer to a `ruok` probe.
+pub fn ruok_json(core: &Raid) -> String {
+    let status = to_json(&server_status(core));
+    serde_json::json!({ core.storage_name(): status }).to_string()
+}
+
+fn to_json(value: &Value) -> serde_json::Value {
+    use serde_json::Value as Json;
+    match value {
+        Value::None => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Int(i) => Json::from(*i),
+        Value::Float(f) => Json::from(*f),
+        Value::Str(s) => Json::from(s.as_str()),
+        Value::Dict(items) => Json::Object(
+            items
+                .iter()
+                .map(|(k, v)| (k.as_str().unwrap_or_default().to_owned(), to_json(v)))
+                .collect(),
+        ),
+        other => Json::from(other.summary()),
+    }
+}
+
+/// The time in C's `ctime` format, as ZEO reports its start time (UTC).
+fn ctime(time: std::time::SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+    let days = secs / 86_400;
+    let (h, m, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{} {} {:>2} {:02}:{:02}:{:02} {}",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        day,
+        h,
+        m,
+        s,
+        year
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctime_formats_like_c() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_904_332);
+        assert_eq!(ctime(t), "Sat Nov 28 22:18:52 2026");
+        assert_eq!(ctime(UNIX_EPOCH), "Thu Jan  1 00:00:00 1970");
+    }
+}

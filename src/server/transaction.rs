@@ -1,0 +1,424 @@
+//! A client's transaction, from tpc_begin to tpc_finish or tpc_abort.
+//!
+//! Each session has one transaction worker: a task that receives the
+//! session's transactional messages in order. tpc_begin and the write
+//! operations are only logged (ZEO does the same); at vote the worker takes
+//! the commit lock and replays the log to the backend under a backend
+//! transaction of its own, and the lock is held until finish or abort.
+//! Holding the lock only from vote on keeps other clients' commits
+//! flowing while this one is still collecting its stores.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch, OwnedMutexGuard};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::send_reply;
+use crate::backend::{Backend, CallError};
+use crate::protocol::{Message, Outgoing, Tid, Value, ZeoError};
+use crate::raid::{ClientId, Raid};
+
+/// Where a call's reply goes.
+pub struct ReplyTo {
+    pub msgid: Value,
+    /// False when the client sent the call as a one-way message.
+    pub wanted: bool,
+}
+
+/// A transactional message, validated by the session.
+pub enum TxnCommand {
+    Begin {
+        txn_id: i64,
+        user: Value,
+        description: Value,
+        extension: Value,
+        tid: Value,
+        status: Value,
+    },
+    /// A logged write operation (`storea`, `deleteObject`, ...).
+    Op {
+        txn_id: i64,
+        method: &'static str,
+        /// The arguments without the trailing txn id.
+        args: Vec<Value>,
+    },
+    Vote { reply: ReplyTo, txn_id: i64 },
+    Finish { reply: ReplyTo, txn_id: i64 },
+    Abort { reply: ReplyTo, txn_id: i64 },
+}
+
+struct Transaction {
+    id: i64,
+    /// tpc_begin's user, description, extension, tid and status.
+    begin: [Value; 5],
+    ops: Vec<(&'static str, Vec<Value>)>,
+    voted: Option<Voted>,
+}
+
+/// A transaction that passed vote on the backend and holds the lock.
+struct Voted {
+    _lock: OwnedMutexGuard<()>,
+    backend: Backend,
+    backend_txn: i64,
+    /// Oids to invalidate in other clients when it commits.
+    invalidated: Vec<Value>,
+    /// When the lock is taken away from a client that neither finishes
+    /// nor aborts.
+    deadline: Instant,
+}
+
+pub struct TransactionWorker {
+    core: Arc<Raid>,
+    client: ClientId,
+    outbound: mpsc::Sender<Outgoing>,
+    /// Cancelled to close the session (and set when the session closes).
+    close: CancellationToken,
+    /// Tells the session whether the commit lock is held, so a graceful
+    /// shutdown can wait for the commit to end.
+    holds_lock: watch::Sender<bool>,
+    transaction_timeout: Duration,
+    txn: Option<Transaction>,
+}
+
+impl TransactionWorker {
+    pub fn new(
+        core: Arc<Raid>,
+        client: ClientId,
+        outbound: mpsc::Sender<Outgoing>,
+        close: CancellationToken,
+        holds_lock: watch::Sender<bool>,
+        transaction_timeout: Duration,
+    ) -> TransactionWorker {
+        TransactionWorker {
+            core,
+            client,
+            outbound,
+            close,
+            holds_lock,
+            transaction_timeout,
+            txn: None,
+        }
+    }
+
+    /// Runs until the session ends; a transaction still open then is
+    /// aborted.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<TxnCommand>) {
+        loop {
+            let deadline = self.voted().map(|v| v.deadline);
+            let command = tokio::select! {
+                command = commands.recv() => command,
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    warn!(client = self.client, timeout = ?self.transaction_timeout,
+                        "client held the commit lock too long; aborting its transaction and disconnecting it");
+                    break;
+                }
+                _ = self.close.cancelled(), if self.voted().is_none() => break,
+            };
+            let Some(command) = command else { break };
+            if let Err(reason) = self.execute(command).await {
+                warn!(client = self.client, %reason, "closing client connection");
+                break;
+            }
+        }
+        self.close.cancel();
+        self.end_transaction(true).await;
+    }
+
+    fn voted(&self) -> Option<&Voted> {
+        self.txn.as_ref().and_then(|t| t.voted.as_ref())
+    }
+
+    /// Executes one command. An error closes the session: ZEO's answer to
+    /// a bad one-way message.
+    async fn execute(&mut self, command: TxnCommand) -> Result<(), String> {
+        match command {
+            TxnCommand::Begin {
+                txn_id,
+                user,
+                description,
+                extension,
+                tid,
+                status,
+            } => match &self.txn {
+                Some(txn) if txn.id == txn_id => Ok(()),
+                Some(txn) => Err(format!(
+                    "tpc_begin of transaction {txn_id} while transaction {} is active (multiple simultaneous tpc_begin requests)",
+                    txn.id
+                )),
+                None => {
+                    self.core.stats().active_txns.fetch_add(1, Ordering::Relaxed);
+                    self.txn = Some(Transaction {
+                        id: txn_id,
+                        begin: [user, description, extension, tid, status],
+                        ops: Vec::new(),
+                        voted: None,
+                    });
+                    Ok(())
+                }
+            },
+            TxnCommand::Op {
+                txn_id,
+                method,
+                args,
+            } => match &mut self.txn {
+                Some(txn) if txn.id == txn_id && txn.voted.is_none() => {
+                    if method == "storea" {
+                        self.core.stats().stores.fetch_add(1, Ordering::Relaxed);
+                    }
+                    txn.ops.push((method, args));
+                    Ok(())
+                }
+                Some(txn) if txn.id == txn_id => Err(format!("{method} after vote")),
+                _ => Err(format!("{method} for transaction {txn_id}, which is not active")),
+            },
+            TxnCommand::Vote { reply, txn_id } => {
+                let result = self.vote(txn_id).await?;
+                send_reply(&self.outbound, reply, result).await;
+                Ok(())
+            }
+            TxnCommand::Finish { reply, txn_id } => {
+                let result = self.finish(txn_id).await?;
+                send_reply(&self.outbound, reply, result).await;
+                Ok(())
+            }
+            TxnCommand::Abort { reply, txn_id } => {
+                if self.txn.as_ref().is_some_and(|t| t.id == txn_id) {
+                    self.end_transaction(true).await;
+                }
+                send_reply(&self.outbound, reply, Ok(Value::None)).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn vote(&mut self, txn_id: i64) -> Result<Result<Value, ZeoError>, String> {
+        let current = match &self.txn {
+            None => {
+                return Ok(Err(ZeoError::storage_transaction(vec![
+                    Value::None,
+                    Value::Int(txn_id),
+                ])))
+            }
+            Some(txn) if txn.id != txn_id => {
+                return Ok(Err(ZeoError::storage_transaction(vec![
+                    Value::Int(txn.id),
+                    Value::Int(txn_id),
+                ])))
+            }
+            Some(txn) if txn.voted.is_some() => {
+                return Ok(Err(ZeoError::storage_transaction(vec![Value::str(
+                    "Already voting (locked)",
+                )])))
+            }
+            Some(txn) => txn.id,
+        };
+        let stats = self.core.stats();
+        stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let lock = tokio::select! {
+            lock = self.core.lock_commits() => Some(lock),
+            _ = self.close.cancelled() => None,
+        };
+        stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        let Some(lock) = lock else {
+            return Err("client went away while waiting for the commit lock".to_owned());
+        };
+        stats.lock_time_ms.store(unix_millis(), Ordering::Relaxed);
+        let Some(backend) = self.core.write_backend().cloned() else {
+            self.end_transaction(false).await;
+            return Ok(Err(ZeoError::storage("no backend is available for writing")));
+        };
+        let backend_txn = self.core.next_backend_txn();
+        let txn = self.txn.as_mut().expect("checked above");
+        debug_assert_eq!(txn.id, current);
+        let outcome = replay(&backend, backend_txn, txn).await;
+        match outcome {
+            Ok(reply) => {
+                let entries = reply.as_seq().unwrap_or_default();
+                if entries.iter().any(|e| matches!(e, Value::Dict(_))) {
+                    // Conflicts for the client to resolve (a backend with
+                    // client-conflict-resolution): the backend released its
+                    // lock and keeps the log; we drop the backend transaction
+                    // and replay the whole, extended log at the next vote.
+                    let _ = backend.call("tpc_abort", vec![Value::Int(backend_txn)]).await;
+                    self.release_lock();
+                    return Ok(Ok(reply));
+                }
+                let invalidated = invalidated_oids(&txn.ops, entries);
+                txn.voted = Some(Voted {
+                    _lock: lock,
+                    backend,
+                    backend_txn,
+                    invalidated,
+                    deadline: Instant::now() + self.transaction_timeout,
+                });
+                self.holds_lock.send_replace(true);
+                Ok(Ok(reply))
+            }
+            Err(CallError::Remote(error)) => {
+                // The backend discarded its transaction; ZEO discards the
+                // client's too.
+                if error.is_conflict() {
+                    stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                }
+                debug!(client = self.client, %error, "vote failed");
+                drop(lock);
+                self.end_transaction(false).await;
+                Ok(Err(error))
+            }
+            Err(error) => {
+                // The backend may hold a half-done transaction: dropping the
+                // connection makes it abort.
+                backend.reset(&format!("vote failed: {error}"));
+                drop(lock);
+                self.end_transaction(false).await;
+                Ok(Err(error.into_zeo_error()))
+            }
+        }
+    }
+
+    async fn finish(&mut self, txn_id: i64) -> Result<Result<Value, ZeoError>, String> {
+        let Some(txn) = self.txn.as_mut().filter(|t| t.id == txn_id) else {
+            // ZEO answers None for a transaction it does not know.
+            return Ok(Ok(Value::None));
+        };
+        let Some(voted) = txn.voted.take() else {
+            return Ok(Err(ZeoError::storage_transaction(vec![Value::str(
+                "tpc_finish called before vote",
+            )])));
+        };
+        self.core.set_finishing(true);
+        let result = voted
+            .backend
+            .call("tpc_finish", vec![Value::Int(voted.backend_txn)])
+            .await;
+        self.core.set_finishing(false);
+        let tid = match result.as_ref().map(Tid::from_value) {
+            Ok(Some(tid)) => tid,
+            _ => {
+                // Whether the transaction committed is unknown: make the
+                // backend connection start over (zeoraid then checks the
+                // backend's last tid) and let the client see a disconnect.
+                let reason = match result {
+                    Err(error) => format!("tpc_finish failed: {error}"),
+                    Ok(value) => format!("tpc_finish returned {}", value.summary()),
+                };
+                voted.backend.reset(&reason);
+                drop(voted);
+                self.end_transaction(false).await;
+                return Err(reason);
+            }
+        };
+        self.core.committed(self.client, tid, voted.invalidated);
+        drop(voted._lock);
+        self.release_lock();
+        self.end_transaction(false).await;
+        if let Some(info) = self.core.last_info() {
+            let _ = self
+                .outbound
+                .send(Outgoing::Owned(Message::one_way("info", vec![info])))
+                .await;
+        }
+        Ok(Ok(tid.to_value()))
+    }
+
+    /// Forgets the transaction; with `abort_backend`, a voted one is first
+    /// aborted on the backend. The commit lock is released either way.
+    async fn end_transaction(&mut self, abort_backend: bool) {
+        let Some(txn) = self.txn.take() else { return };
+        self.core.stats().active_txns.fetch_sub(1, Ordering::Relaxed);
+        if let Some(voted) = txn.voted {
+            if abort_backend {
+                self.core.stats().aborts.fetch_add(1, Ordering::Relaxed);
+                if let Err(error) = voted
+                    .backend
+                    .call("tpc_abort", vec![Value::Int(voted.backend_txn)])
+                    .await
+                {
+                    voted.backend.reset(&format!("tpc_abort failed: {error}"));
+                }
+            }
+            drop(voted);
+            self.release_lock();
+        }
+    }
+
+    fn release_lock(&self) {
+        self.core.stats().lock_time_ms.store(0, Ordering::Relaxed);
+        self.holds_lock.send_replace(false);
+    }
+}
+
+/// Sends the logged transaction to the backend and votes.
+async fn replay(backend: &Backend, backend_txn: i64, txn: &Transaction) -> Result<Value, CallError> {
+    let txn_value = Value::Int(backend_txn);
+    let mut begin = Vec::with_capacity(6);
+    begin.push(txn_value.clone());
+    begin.extend(txn.begin.iter().cloned());
+    backend.one_way("tpc_begin", begin).await?;
+    for (method, args) in &txn.ops {
+        let mut args = args.clone();
+        args.push(txn_value.clone());
+        backend.one_way(method, args).await?;
+    }
+    backend.call("vote", vec![txn_value]).await
+}
+
+/// The oids a commit invalidates, as ZEO lists them: every stored oid in
+/// log order (duplicates included), then the oids undo touched, which vote
+/// reports alongside the oids resolved by conflict resolution.
+fn invalidated_oids(ops: &[(&'static str, Vec<Value>)], vote_reply: &[Value]) -> Vec<Value> {
+    let mut oids: Vec<Value> = ops
+        .iter()
+        .filter(|(method, _)| *method == "storea")
+        .filter_map(|(_, args)| args.first().cloned())
+        .collect();
+    let stored: HashSet<Bytes> = oids.iter().filter_map(|o| o.as_bytes().cloned()).collect();
+    oids.extend(
+        vote_reply
+            .iter()
+            .filter(|oid| oid.as_bytes().is_some_and(|b| !stored.contains(b)))
+            .cloned(),
+    );
+    oids
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oid(n: u8) -> Value {
+        Value::bytes(vec![0, 0, 0, 0, 0, 0, 0, n])
+    }
+
+    #[test]
+    fn invalidations_list_stores_then_undone_oids() {
+        let ops = vec![
+            ("storea", vec![oid(1), oid(0), Value::bytes(&b"x"[..])]),
+            ("deleteObject", vec![oid(5), oid(0)]),
+            ("storea", vec![oid(2), oid(0), Value::bytes(&b"y"[..])]),
+            ("undoa", vec![Value::bytes(&b"BA1T2ujHbt0="[..])]),
+        ];
+        // Vote reports oid 2 (resolved) and oid 3 (undone).
+        let oids = invalidated_oids(&ops, &[oid(2), oid(3)]);
+        assert_eq!(oids, vec![oid(1), oid(2), oid(3)]);
+    }
+}
