@@ -216,17 +216,6 @@ impl Config {
         if self.backends.is_empty() {
             return Err(invalid("backend", "at least one [[backend]] is required".into()));
         }
-        // The RAID core that mirrors several backends is not part of this
-        // release; refusing here is clearer than silently using one.
-        if self.backends.len() > 1 {
-            return Err(invalid(
-                "backend",
-                format!(
-                    "{} backends configured, but this build proxies exactly one backend",
-                    self.backends.len()
-                ),
-            ));
-        }
         let mut names = HashSet::new();
         for (i, backend) in self.backends.iter().enumerate() {
             let key = |field: &str| format!("backend[{i}].{field}");
@@ -251,6 +240,17 @@ impl Config {
             if backend.storage.is_empty() {
                 return Err(invalid(&key("storage"), "must not be empty".into()));
             }
+        }
+        // The RAID core that mirrors several backends is not part of this
+        // release; refusing here is clearer than silently using one.
+        if self.backends.len() > 1 {
+            return Err(invalid(
+                "backend",
+                format!(
+                    "{} backends configured, but this build proxies exactly one backend",
+                    self.backends.len()
+                ),
+            ));
         }
         Ok(())
     }
