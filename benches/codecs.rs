@@ -24,31 +24,45 @@ fn load_before_reply(record: &Bytes) -> Message {
 fn storea(record: &Bytes) -> Message {
     Message::one_way(
         "storea",
-        vec![oid(42), oid(0x040d_53da_e1d4_ba88), Value::Bytes(record.clone()), Value::Int(140_250_773_104_720)],
+        vec![
+            oid(42),
+            oid(0x040d_53da_e1d4_ba88),
+            Value::Bytes(record.clone()),
+            Value::Int(140_250_773_104_720),
+        ],
     )
 }
 
 fn codecs(c: &mut Criterion) {
     for size in RECORD_SIZES {
         let record = Bytes::from(vec![b'x'; size]);
-        for (label, message) in [("loadBefore-reply", load_before_reply(&record)), ("storea", storea(&record))] {
+        for (label, message) in [
+            ("loadBefore-reply", load_before_reply(&record)),
+            ("storea", storea(&record)),
+        ] {
             let mut group = c.benchmark_group(format!("{label}/{size}B"));
             group.throughput(Throughput::Bytes(size as u64));
             for encoding in [Encoding::Msgpack, Encoding::Pickle] {
                 let mut buffer = BytesMut::with_capacity(size + 128);
-                group.bench_with_input(BenchmarkId::new("encode", format!("{encoding:?}")), &message, |b, message| {
-                    b.iter(|| {
-                        buffer.clear();
-                        encoding.encode(message, &mut buffer);
-                        buffer.len()
-                    })
-                });
+                group.bench_with_input(
+                    BenchmarkId::new("encode", format!("{encoding:?}")),
+                    &message,
+                    |b, message| {
+                        b.iter(|| {
+                            buffer.clear();
+                            encoding.encode(message, &mut buffer);
+                            buffer.len()
+                        })
+                    },
+                );
                 let mut encoded = BytesMut::new();
                 encoding.encode(&message, &mut encoded);
                 let frame = encoded.freeze();
-                group.bench_with_input(BenchmarkId::new("decode", format!("{encoding:?}")), &frame, |b, frame| {
-                    b.iter(|| encoding.decode(frame).expect("decodes"))
-                });
+                group.bench_with_input(
+                    BenchmarkId::new("decode", format!("{encoding:?}")),
+                    &frame,
+                    |b, frame| b.iter(|| encoding.decode(frame).expect("decodes")),
+                );
             }
             group.finish();
         }

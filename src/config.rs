@@ -185,7 +185,10 @@ impl Config {
             return Err(invalid("server.storage", "must not be empty".into()));
         }
         if self.server.max_connections == 0 {
-            return Err(invalid("server.max_connections", "must be at least 1".into()));
+            return Err(invalid(
+                "server.max_connections",
+                "must be at least 1".into(),
+            ));
         }
         if self.server.max_frame_size < 1024 || self.server.max_frame_size > u32::MAX as usize {
             return Err(invalid(
@@ -210,11 +213,17 @@ impl Config {
             ("timeouts.shutdown", t.shutdown),
         ] {
             if !(value.is_finite() && value > 0.0 && value < 1e9) {
-                return Err(invalid(key, format!("must be a positive number of seconds, not {value}")));
+                return Err(invalid(
+                    key,
+                    format!("must be a positive number of seconds, not {value}"),
+                ));
             }
         }
         if self.backends.is_empty() {
-            return Err(invalid("backend", "at least one [[backend]] is required".into()));
+            return Err(invalid(
+                "backend",
+                "at least one [[backend]] is required".into(),
+            ));
         }
         let mut names = HashSet::new();
         for (i, backend) in self.backends.iter().enumerate() {
@@ -328,9 +337,13 @@ storage = "1"
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(error(&format!("{MINIMAL}\n[timeouts]\ncall = -1\n")).contains("timeouts.call"));
-        assert!(error(&MINIMAL.replace("[server]", "[server]\nlisten_typo = 1")).contains("listen_typo"));
         assert!(
-            error(&MINIMAL.replace("[server]", "[server]\nencoding = \"json\"")).contains("encoding")
+            error(&MINIMAL.replace("[server]", "[server]\nlisten_typo = 1"))
+                .contains("listen_typo")
+        );
+        assert!(
+            error(&MINIMAL.replace("[server]", "[server]\nencoding = \"json\""))
+                .contains("encoding")
         );
     }
 

@@ -126,7 +126,12 @@ async fn open(
         closed: CancellationToken::new(),
         close_reason: Mutex::new(None),
     });
-    tokio::spawn(write_loop(link.clone(), writer, queue, settings.call_timeout));
+    tokio::spawn(write_loop(
+        link.clone(),
+        writer,
+        queue,
+        settings.call_timeout,
+    ));
     tokio::spawn(read_loop(link.clone(), reader, observer, settings.clone()));
     let left = settings.connect_timeout.saturating_sub(started.elapsed());
     Ok((link, left.max(Duration::from_millis(1))))

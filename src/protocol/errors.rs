@@ -98,7 +98,9 @@ impl ZeoError {
                     )),
                 }
             }
-            Ok(items) => ZeoError::storage(format!("malformed error reply of {} items", items.len())),
+            Ok(items) => {
+                ZeoError::storage(format!("malformed error reply of {} items", items.len()))
+            }
             Err(other) => ZeoError::storage(format!("malformed error reply {}", other.summary())),
         }
     }

@@ -273,7 +273,12 @@ mod tests {
         for value in [
             Value::None,
             Value::Tuple(vec![Value::Int(1)]),
-            Value::Tuple(vec![Value::Int(1), Value::Int(0), Value::Int(5), Value::None]),
+            Value::Tuple(vec![
+                Value::Int(1),
+                Value::Int(0),
+                Value::Int(5),
+                Value::None,
+            ]),
         ] {
             assert_eq!(Message::from_value(value), Err(DecodeError::NotAMessage));
         }

@@ -40,10 +40,7 @@ pub enum DecodeError {
     #[error("{0} trailing bytes after the value")]
     TrailingBytes(usize),
     #[error("malformed {codec} data: {detail}")]
-    Malformed {
-        codec: &'static str,
-        detail: String,
-    },
+    Malformed { codec: &'static str, detail: String },
     #[error("message is not a 4-element sequence (msgid, flags, name, args)")]
     NotAMessage,
 }

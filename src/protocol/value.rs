@@ -26,7 +26,10 @@ pub enum Value {
     /// A pickled reference to a module attribute (pickle `GLOBAL`). Only
     /// occurs inside error payloads (`ZODB.POSException._recon`, exception
     /// classes) and in exotic client values such as `ZopeUndo.Prefix`.
-    Global { module: String, name: String },
+    Global {
+        module: String,
+        name: String,
+    },
     /// A pickled call `callable(*args)` (pickle `REDUCE`): how the pickle
     /// encoding carries exception objects nested in error payloads.
     Reduce(Box<(Value, Value)>),
@@ -127,10 +130,11 @@ impl Value {
 /// Lower-case hex of a byte string (tids and oids in logs and status output).
 pub fn hex(data: &[u8]) -> String {
     use std::fmt::Write;
-    data.iter().fold(String::with_capacity(data.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    data.iter()
+        .fold(String::with_capacity(data.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 impl From<bool> for Value {

@@ -93,8 +93,14 @@ mod tests {
             history.changes_since(Tid(10)),
             Changes::Known(Tid(12), vec![oid(1), oid(2), oid(3)])
         );
-        assert_eq!(history.changes_since(Tid(11)), Changes::Known(Tid(12), vec![oid(2), oid(3)]));
-        assert_eq!(history.changes_since(Tid(12)), Changes::Known(Tid(12), vec![]));
+        assert_eq!(
+            history.changes_since(Tid(11)),
+            Changes::Known(Tid(12), vec![oid(2), oid(3)])
+        );
+        assert_eq!(
+            history.changes_since(Tid(12)),
+            Changes::Known(Tid(12), vec![])
+        );
         assert_eq!(history.changes_since(Tid(9)), Changes::Unknown);
     }
 
@@ -105,7 +111,10 @@ mod tests {
             history.push(Tid(tid), vec![oid(tid as u8)]);
         }
         assert_eq!(history.changes_since(Tid(11)), Changes::Unknown);
-        assert_eq!(history.changes_since(Tid(12)), Changes::Known(Tid(14), vec![oid(13), oid(14)]));
+        assert_eq!(
+            history.changes_since(Tid(12)),
+            Changes::Known(Tid(14), vec![oid(13), oid(14)])
+        );
         assert_eq!(history.last_tid(), Tid(14));
     }
 
@@ -115,6 +124,9 @@ mod tests {
         history.push(Tid(11), vec![oid(1)]);
         history.reset(Tid(20));
         assert_eq!(history.changes_since(Tid(11)), Changes::Unknown);
-        assert_eq!(history.changes_since(Tid(20)), Changes::Known(Tid(20), vec![]));
+        assert_eq!(
+            history.changes_since(Tid(20)),
+            Changes::Known(Tid(20), vec![])
+        );
     }
 }

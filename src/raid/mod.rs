@@ -83,8 +83,9 @@ impl Raid {
         settings: BackendSettings,
         invalidation_queue_size: usize,
     ) -> Arc<Raid> {
-        let (availability, _) =
-            watch::channel(Availability::Unavailable("connecting to the backend".into()));
+        let (availability, _) = watch::channel(Availability::Unavailable(
+            "connecting to the backend".into(),
+        ));
         let state = Arc::new(CoreState {
             inner: Mutex::new(Inner {
                 history: InvalidationHistory::new(Tid::ZERO, invalidation_queue_size),
@@ -150,9 +151,7 @@ impl Raid {
         close: CancellationToken,
     ) -> Tid {
         let mut inner = self.state.inner.lock();
-        inner
-            .subscribers
-            .insert(id, Subscriber { outbound, close });
+        inner.subscribers.insert(id, Subscriber { outbound, close });
         inner.history.last_tid()
     }
 
@@ -204,10 +203,14 @@ impl Raid {
         tokio::spawn(async move {
             while availability.changed().await.is_ok() {
                 let pending = match &*availability.borrow() {
-                    Availability::Unavailable(reason) => reason.strip_prefix(CATCH_UP).map(str::to_owned),
+                    Availability::Unavailable(reason) => {
+                        reason.strip_prefix(CATCH_UP).map(str::to_owned)
+                    }
                     _ => None,
                 };
-                if let Some(backend_tid) = pending.and_then(|hex| u64::from_str_radix(&hex, 16).ok()) {
+                if let Some(backend_tid) =
+                    pending.and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+                {
                     self.catch_up(Tid(backend_tid)).await;
                 }
             }
@@ -291,10 +294,14 @@ impl CoreState {
             if Some(*id) == skip {
                 continue;
             }
-            if let Err(mpsc::error::TrySendError::Full(_)) =
-                subscriber.outbound.try_send(Outgoing::Shared(message.clone()))
+            if let Err(mpsc::error::TrySendError::Full(_)) = subscriber
+                .outbound
+                .try_send(Outgoing::Shared(message.clone()))
             {
-                warn!(client = id, "client is not reading its messages; disconnecting it");
+                warn!(
+                    client = id,
+                    "client is not reading its messages; disconnecting it"
+                );
                 subscriber.close.cancel();
             }
         }
@@ -314,7 +321,9 @@ struct Observer {
 
 impl BackendObserver for Observer {
     fn connected(&self, backend: &str, last_tid: Tid) {
-        let Some(state) = self.state.upgrade() else { return };
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
         let mut inner = state.inner.lock();
         if !inner.known_tid {
             inner.known_tid = true;
@@ -329,7 +338,10 @@ impl BackendObserver for Observer {
             info!(backend, "backend is back and up to date");
             state.set_availability(Availability::Available);
         } else if last_tid > known {
-            state.set_availability(Availability::Unavailable(format!("{CATCH_UP}{:016x}", last_tid.0)));
+            state.set_availability(Availability::Unavailable(format!(
+                "{CATCH_UP}{:016x}",
+                last_tid.0
+            )));
         } else {
             let reason = format!(
                 "backend {backend}'s last transaction {last_tid} is older than {known}, the last one zeoraid knows: its storage went back in time; refusing to use it"
@@ -340,7 +352,9 @@ impl BackendObserver for Observer {
     }
 
     fn disconnected(&self, backend: &str, reason: &str) {
-        let Some(state) = self.state.upgrade() else { return };
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
         if matches!(*state.availability.borrow(), Availability::Failed(_)) {
             return;
         }
@@ -353,7 +367,9 @@ impl BackendObserver for Observer {
     }
 
     fn one_way(&self, backend: &str, message: Message) {
-        let Some(state) = self.state.upgrade() else { return };
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
         match message.name.as_str() {
             "invalidateTransaction" => {
                 // Another writer committed to the backend directly.
@@ -369,7 +385,12 @@ impl BackendObserver for Observer {
                 }
             }
             "info" => {
-                let Some(info) = message.args.into_seq().ok().and_then(|a| a.into_iter().next()) else {
+                let Some(info) = message
+                    .args
+                    .into_seq()
+                    .ok()
+                    .and_then(|a| a.into_iter().next())
+                else {
                     return;
                 };
                 let mut inner = state.inner.lock();
@@ -380,7 +401,11 @@ impl BackendObserver for Observer {
                     CoreState::fan_out(&inner, &message, None);
                 }
             }
-            other => warn!(backend, message = other, "unexpected message from backend ignored"),
+            other => warn!(
+                backend,
+                message = other,
+                "unexpected message from backend ignored"
+            ),
         }
     }
 }

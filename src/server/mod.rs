@@ -179,7 +179,11 @@ async fn accept_loop(
 }
 
 /// Sends a reply, unless the client sent the call as one-way.
-async fn send_reply(outbound: &mpsc::Sender<Outgoing>, reply: ReplyTo, result: Result<Value, ZeoError>) {
+async fn send_reply(
+    outbound: &mpsc::Sender<Outgoing>,
+    reply: ReplyTo,
+    result: Result<Value, ZeoError>,
+) {
     if !reply.wanted {
         return;
     }

@@ -48,9 +48,18 @@ pub enum TxnCommand {
         /// The arguments without the trailing txn id.
         args: Vec<Value>,
     },
-    Vote { reply: ReplyTo, txn_id: i64 },
-    Finish { reply: ReplyTo, txn_id: i64 },
-    Abort { reply: ReplyTo, txn_id: i64 },
+    Vote {
+        reply: ReplyTo,
+        txn_id: i64,
+    },
+    Finish {
+        reply: ReplyTo,
+        txn_id: i64,
+    },
+    Abort {
+        reply: ReplyTo,
+        txn_id: i64,
+    },
 }
 
 struct Transaction {
@@ -231,7 +240,9 @@ impl TransactionWorker {
         stats.lock_time_ms.store(unix_millis(), Ordering::Relaxed);
         let Some(backend) = self.core.write_backend().cloned() else {
             self.end_transaction(false).await;
-            return Ok(Err(ZeoError::storage("no backend is available for writing")));
+            return Ok(Err(ZeoError::storage(
+                "no backend is available for writing",
+            )));
         };
         let backend_txn = self.core.next_backend_txn();
         let txn = self.txn.as_mut().expect("checked above");
@@ -245,7 +256,9 @@ impl TransactionWorker {
                     // client-conflict-resolution): the backend released its
                     // lock and keeps the log; we drop the backend transaction
                     // and replay the whole, extended log at the next vote.
-                    let _ = backend.call("tpc_abort", vec![Value::Int(backend_txn)]).await;
+                    let _ = backend
+                        .call("tpc_abort", vec![Value::Int(backend_txn)])
+                        .await;
                     self.release_lock();
                     return Ok(Ok(reply));
                 }
@@ -331,7 +344,10 @@ impl TransactionWorker {
     /// aborted on the backend. The commit lock is released either way.
     async fn end_transaction(&mut self, abort_backend: bool) {
         let Some(txn) = self.txn.take() else { return };
-        self.core.stats().active_txns.fetch_sub(1, Ordering::Relaxed);
+        self.core
+            .stats()
+            .active_txns
+            .fetch_sub(1, Ordering::Relaxed);
         if let Some(voted) = txn.voted {
             if abort_backend {
                 self.core.stats().aborts.fetch_add(1, Ordering::Relaxed);
@@ -355,7 +371,11 @@ impl TransactionWorker {
 }
 
 /// Sends the logged transaction to the backend and votes.
-async fn replay(backend: &Backend, backend_txn: i64, txn: &Transaction) -> Result<Value, CallError> {
+async fn replay(
+    backend: &Backend,
+    backend_txn: i64,
+    txn: &Transaction,
+) -> Result<Value, CallError> {
     let txn_value = Value::Int(backend_txn);
     let mut begin = Vec::with_capacity(6);
     begin.push(txn_value.clone());

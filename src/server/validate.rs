@@ -34,46 +34,11 @@ pub fn id8(method: &str, what: &str, value: &Value) -> Result<(), ZeoError> {
     }
 }
 
-/// An 8-byte string or None.
-pub fn id8_or_none(method: &str, what: &str, value: &Value) -> Result<(), ZeoError> {
-    match value {
-        Value::None => Ok(()),
-        other => id8(method, what, other),
-    }
-}
-
-pub fn bytes(method: &str, what: &str, value: &Value) -> Result<(), ZeoError> {
-    match value {
-        Value::Bytes(_) => Ok(()),
-        other => Err(ZeoError::type_error(format!(
-            "{method}: {what} must be bytes, not {}",
-            other.summary()
-        ))),
-    }
-}
-
-pub fn bytes_or_none(method: &str, what: &str, value: &Value) -> Result<(), ZeoError> {
-    match value {
-        Value::None => Ok(()),
-        other => bytes(method, what, other),
-    }
-}
-
 pub fn int(method: &str, what: &str, value: &Value) -> Result<i64, ZeoError> {
     match value {
         Value::Int(i) => Ok(*i),
         other => Err(ZeoError::type_error(format!(
             "{method}: {what} must be an integer, not {}",
-            other.summary()
-        ))),
-    }
-}
-
-pub fn number(method: &str, what: &str, value: &Value) -> Result<(), ZeoError> {
-    match value {
-        Value::Int(_) | Value::Float(_) | Value::Bool(_) => Ok(()),
-        other => Err(ZeoError::type_error(format!(
-            "{method}: {what} must be a number, not {}",
             other.summary()
         ))),
     }

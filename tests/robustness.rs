@@ -1,0 +1,399 @@
+//! Bad input and vanishing clients against a zeoraid in front of a real
+//! ZEO server: each attack closes the attacker's connection only; the
+//! process keeps running and an already connected client keeps working.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use zeoraid::protocol::{Encoding, Message, MessageKind, Value};
+
+use support::{ZeoServer, ZeoraidProcess};
+
+const Z64: [u8; 8] = [0; 8];
+
+/// A minimal synchronous ZEO client speaking raw frames.
+struct RawClient {
+    stream: TcpStream,
+    encoding: Encoding,
+    next_msgid: i64,
+}
+
+impl RawClient {
+    /// Connects and reads the server's handshake; sends nothing.
+    fn connect(port: u16) -> (RawClient, Vec<u8>) {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut client = RawClient {
+            stream,
+            encoding: Encoding::Msgpack,
+            next_msgid: 1,
+        };
+        let announced = client.read_frame().expect("handshake frame");
+        (client, announced)
+    }
+
+    /// Connects, answers the handshake in `encoding` and registers.
+    fn registered(port: u16, encoding: Encoding) -> RawClient {
+        let (mut client, announced) = RawClient::connect(port);
+        assert!(announced == b"M5" || announced == b"Z5", "{announced:?}");
+        client.encoding = encoding;
+        client.send_raw(encoding.handshake());
+        let tid = client.call("register", vec![Value::str("1"), Value::Bool(false)]);
+        assert!(
+            matches!(tid, Ok(Value::Bytes(ref b)) if b.len() == 8),
+            "{tid:?}"
+        );
+        client
+    }
+
+    fn send_raw(&mut self, payload: &[u8]) {
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(payload);
+        self.stream.write_all(&frame).expect("write");
+    }
+
+    fn send(&mut self, message: &Message) {
+        let mut payload = BytesMut::new();
+        self.encoding.encode(message, &mut payload);
+        self.send_raw(&payload);
+    }
+
+    fn read_frame(&mut self) -> Option<Vec<u8>> {
+        let mut length = [0u8; 4];
+        self.stream.read_exact(&mut length).ok()?;
+        let mut payload = vec![0u8; u32::from_be_bytes(length) as usize];
+        self.stream.read_exact(&mut payload).ok()?;
+        Some(payload)
+    }
+
+    /// Reads messages until the reply to `msgid`, skipping one-way ones.
+    fn reply(&mut self, msgid: i64) -> Result<Value, (String, Value)> {
+        loop {
+            let frame = self
+                .read_frame()
+                .expect("connection closed while waiting for a reply");
+            let message = self.encoding.decode(&Bytes::from(frame)).expect("decodes");
+            if message.msgid != Value::Int(msgid) || message.kind == MessageKind::OneWay {
+                continue;
+            }
+            return match message.kind {
+                MessageKind::ErrorReply => {
+                    let mut parts = message.args.into_seq().unwrap().into_iter();
+                    let class = parts.next().unwrap().as_str().unwrap().to_owned();
+                    Err((class, parts.next().unwrap()))
+                }
+                _ => Ok(message.args),
+            };
+        }
+    }
+
+    fn call(&mut self, method: &str, args: Vec<Value>) -> Result<Value, (String, Value)> {
+        let msgid = self.next_msgid;
+        self.next_msgid += 1;
+        self.send(&Message::call(msgid, method, args));
+        self.reply(msgid)
+    }
+
+    fn one_way(&mut self, method: &str, args: Vec<Value>) {
+        self.send(&Message::one_way(method, args));
+    }
+
+    /// True once the server has closed the connection.
+    fn is_closed_by_server(&mut self) -> bool {
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buffer = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buffer) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    fn new_oid(&mut self) -> Value {
+        let oids = self.call("new_oids", vec![]).expect("new_oids");
+        oids.as_seq().unwrap()[0].clone()
+    }
+
+    /// Begins a transaction storing `data` under a new oid and votes.
+    fn begin_and_vote(&mut self, txn: i64, data: &[u8]) -> Value {
+        let oid = self.new_oid();
+        self.one_way(
+            "tpc_begin",
+            vec![
+                Value::Int(txn),
+                Value::bytes(&b"robustness"[..]),
+                Value::bytes(&b""[..]),
+                Value::Dict(vec![]),
+                Value::None,
+                Value::str(" "),
+            ],
+        );
+        self.one_way(
+            "storea",
+            vec![
+                oid.clone(),
+                Value::bytes(&Z64[..]),
+                Value::bytes(data.to_vec()),
+                Value::Int(txn),
+            ],
+        );
+        self.call("vote", vec![Value::Int(txn)]).expect("vote");
+        oid
+    }
+
+    /// Commits one new object; returns (oid, tid).
+    fn commit(&mut self, txn: i64, data: &[u8]) -> (Value, Value) {
+        let oid = self.begin_and_vote(txn, data);
+        let tid = self
+            .call("tpc_finish", vec![Value::Int(txn)])
+            .expect("tpc_finish");
+        (oid, tid)
+    }
+
+    fn load(&mut self, oid: &Value) -> Value {
+        let maxtid = Value::bytes(&[0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..]);
+        self.call("loadBefore", vec![oid.clone(), maxtid])
+            .expect("loadBefore")
+    }
+}
+
+struct Rig {
+    _backend: ZeoServer,
+    zeoraid: ZeoraidProcess,
+    /// A client connected before the attacks, that must keep working.
+    bystander: RawClient,
+    bystander_oid: Value,
+}
+
+impl Rig {
+    fn start() -> Rig {
+        let backend = ZeoServer::start(false);
+        let zeoraid =
+            ZeoraidProcess::start(env!("CARGO_BIN_EXE_zeoraid"), &backend, "msgpack", &[]);
+        let mut bystander = RawClient::registered(zeoraid.port(), Encoding::Msgpack);
+        let (bystander_oid, _) = bystander.commit(1, b"bystander");
+        Rig {
+            _backend: backend,
+            zeoraid,
+            bystander,
+            bystander_oid,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.zeoraid.port()
+    }
+
+    /// The server is alive, the bystander still works and new clients are
+    /// served.
+    fn assert_unaffected(&mut self) {
+        assert!(
+            self.zeoraid.is_running(),
+            "zeoraid died:\n{}",
+            self.zeoraid.log()
+        );
+        assert_eq!(self.bystander.call("ping", vec![]), Ok(Value::None));
+        let loaded = self.bystander.load(&self.bystander_oid.clone());
+        assert_eq!(loaded.as_seq().unwrap()[0], Value::bytes(&b"bystander"[..]));
+        let mut newcomer = RawClient::registered(self.port(), Encoding::Pickle);
+        assert_eq!(newcomer.call("ping", vec![]), Ok(Value::None));
+    }
+}
+
+#[test]
+fn ruok_probe_answers_json_and_closes() {
+    let mut rig = Rig::start();
+    let (mut probe, announced) = RawClient::connect(rig.port());
+    assert_eq!(announced, b"M5");
+    probe.send_raw(b"ruok");
+    let answer = probe.read_frame().expect("ruok answer");
+    let json: serde_json::Value = serde_json::from_slice(&answer).expect("JSON");
+    let status = &json["1"];
+    assert!(status["connections"].as_i64().unwrap() >= 1, "{json}");
+    assert_eq!(
+        status["last-transaction"].as_str().unwrap().len(),
+        16,
+        "{json}"
+    );
+    assert!(probe.is_closed_by_server());
+    rig.assert_unaffected();
+}
+
+#[test]
+fn garbage_is_refused_per_connection() {
+    let mut rig = Rig::start();
+    // Garbage instead of a handshake.
+    let (mut client, _) = RawClient::connect(rig.port());
+    client
+        .stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(client.is_closed_by_server());
+    // A wrong protocol version.
+    let (mut client, _) = RawClient::connect(rig.port());
+    client.send_raw(b"Z4");
+    assert!(client.is_closed_by_server());
+    // Undecodable frames after a good handshake, in both encodings.
+    for (encoding, garbage) in [
+        (Encoding::Msgpack, &b"\xc1\xc1\xc1"[..]),
+        (Encoding::Pickle, &b"\x80\x03(\xff\xfe"[..]),
+        (Encoding::Msgpack, &b"\x94\x01"[..]),
+    ] {
+        let mut client = RawClient::registered(rig.port(), encoding);
+        client.send_raw(garbage);
+        assert!(client.is_closed_by_server());
+    }
+    rig.assert_unaffected();
+}
+
+#[test]
+fn huge_length_prefix_closes_only_that_connection() {
+    let mut rig = Rig::start();
+    let mut client = RawClient::registered(rig.port(), Encoding::Msgpack);
+    client
+        .stream
+        .write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+        .unwrap();
+    assert!(client.is_closed_by_server());
+    let (mut client, _) = RawClient::connect(rig.port());
+    client.stream.write_all(&[0xff, 0xff, 0xff, 0xff]).unwrap();
+    assert!(client.is_closed_by_server());
+    rig.assert_unaffected();
+}
+
+#[test]
+fn protocol_misuse_gets_errors_or_closes_that_client() {
+    let mut rig = Rig::start();
+    // Unknown methods: an error reply, and the connection stays usable.
+    let mut client = RawClient::registered(rig.port(), Encoding::Msgpack);
+    let error = client.call("no_such_method", vec![]).unwrap_err();
+    assert_eq!(error.0, "builtins.AttributeError");
+    assert_eq!(client.call("ping", vec![]), Ok(Value::None));
+    // Bad arguments to a call: an error reply naming the problem.
+    let error = client
+        .call("loadBefore", vec![Value::bytes(&b"abc"[..])])
+        .unwrap_err();
+    assert_eq!(error.0, "builtins.TypeError");
+    let error = client
+        .call("getInvalidations", vec![Value::None])
+        .unwrap_err();
+    assert_eq!(error.0, "builtins.TypeError");
+    // A call before register: closed, as ZEO does.
+    let (mut early, _) = RawClient::connect(rig.port());
+    early.send_raw(b"M5");
+    early.send(&Message::call(1, "get_info", vec![]));
+    assert!(early.is_closed_by_server());
+    // A bad one-way message must never reach the shared backend
+    // connection (the backend would drop it): only this client is closed.
+    let mut bad = RawClient::registered(rig.port(), Encoding::Pickle);
+    bad.one_way("tpc_begin", vec![Value::Int(5)]);
+    bad.one_way("storea", vec![Value::bytes(&b"short"[..]), Value::Int(5)]);
+    assert!(bad.is_closed_by_server());
+    // Values the backend judges are passed on, and its verdict comes back
+    // as a real error reply: a stale serial is a ConflictError at vote.
+    let mut odd = RawClient::registered(rig.port(), Encoding::Msgpack);
+    odd.one_way("tpc_begin", vec![Value::Int(9)]);
+    let stale = vec![
+        rig.bystander_oid.clone(),
+        Value::bytes(&Z64[..]),
+        Value::bytes(&b"x"[..]),
+        Value::Int(9),
+    ];
+    odd.one_way("storea", stale);
+    let (class, payload) = odd.call("vote", vec![Value::Int(9)]).unwrap_err();
+    assert_eq!(class, "ZODB.POSException.ConflictError");
+    assert_eq!(payload.dict_get("oid"), Some(&rig.bystander_oid));
+    assert_eq!(odd.call("tpc_abort", vec![Value::Int(9)]), Ok(Value::None));
+    assert_eq!(odd.call("ping", vec![]), Ok(Value::None));
+    let mut bad = RawClient::registered(rig.port(), Encoding::Pickle);
+    bad.one_way(
+        "tpc_begin",
+        vec![
+            Value::Int(6),
+            Value::bytes(&b""[..]),
+            Value::bytes(&b""[..]),
+            Value::Dict(vec![(
+                Value::str("x"),
+                Value::Reduce(Box::new((
+                    Value::Global {
+                        module: "os".into(),
+                        name: "system".into(),
+                    },
+                    Value::Tuple(vec![]),
+                ))),
+            )]),
+            Value::None,
+            Value::str(" "),
+        ],
+    );
+    assert!(bad.is_closed_by_server());
+    rig.assert_unaffected();
+}
+
+#[test]
+fn client_vanishing_mid_transaction_releases_the_commit_lock() {
+    let mut rig = Rig::start();
+    // Vanish after vote, holding the commit lock.
+    let mut voter = RawClient::registered(rig.port(), Encoding::Msgpack);
+    voter.begin_and_vote(77, b"never committed");
+    drop(voter);
+    // Vanish before vote.
+    let mut beginner = RawClient::registered(rig.port(), Encoding::Pickle);
+    beginner.one_way(
+        "tpc_begin",
+        vec![
+            Value::Int(78),
+            Value::bytes(&b""[..]),
+            Value::bytes(&b""[..]),
+            Value::Dict(vec![]),
+            Value::None,
+            Value::str(" "),
+        ],
+    );
+    drop(beginner);
+    // The next commit gets the lock promptly.
+    let started = Instant::now();
+    let (oid, tid) = rig.bystander.commit(2, b"after the vanished clients");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "commit waited {:?}",
+        started.elapsed()
+    );
+    let loaded = rig.bystander.load(&oid);
+    assert_eq!(loaded.as_seq().unwrap()[1], tid);
+    rig.assert_unaffected();
+}
+
+#[test]
+fn commit_lock_holder_that_hangs_is_timed_out() {
+    let backend = ZeoServer::start(true);
+    let zeoraid = ZeoraidProcess::start(
+        env!("CARGO_BIN_EXE_zeoraid"),
+        &backend,
+        "msgpack",
+        &["[timeouts]", "transaction = 1"],
+    );
+    let mut holder = RawClient::registered(zeoraid.port(), Encoding::Msgpack);
+    holder.begin_and_vote(1, b"held too long");
+    let mut other = RawClient::registered(zeoraid.port(), Encoding::Msgpack);
+    let started = Instant::now();
+    other.commit(2, b"waits for the timeout");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    assert!(holder.is_closed_by_server());
+}
