@@ -397,3 +397,87 @@ fn commit_lock_holder_that_hangs_is_timed_out() {
     );
     assert!(holder.is_closed_by_server());
 }
+
+/// Reads messages until the reply to a ping; returns the names of the
+/// one-way messages that arrived before it.
+fn one_ways_before_ping(client: &mut RawClient) -> Vec<String> {
+    let msgid = client.next_msgid;
+    client.next_msgid += 1;
+    client.send(&Message::call(msgid, "ping", vec![]));
+    let mut names = Vec::new();
+    loop {
+        let frame = client.read_frame().expect("reply");
+        let message = client.encoding.decode(&Bytes::from(frame)).unwrap();
+        if message.kind == MessageKind::OneWay {
+            names.push(message.name);
+        } else if message.msgid == Value::Int(msgid) {
+            return names;
+        }
+    }
+}
+
+#[test]
+fn invalidations_reach_every_other_client_once() {
+    let mut rig = Rig::start();
+    let mut observer = RawClient::registered(rig.port(), Encoding::Pickle);
+    one_ways_before_ping(&mut rig.bystander);
+    let (oid, tid) = rig.bystander.commit(3, b"watched");
+    // The committer gets `info`, not its own invalidation.
+    assert!(!one_ways_before_ping(&mut rig.bystander).contains(&"invalidateTransaction".to_owned()));
+    // Another client gets exactly one invalidateTransaction, naming the oid.
+    let msgid = observer.next_msgid;
+    observer.next_msgid += 1;
+    observer.send(&Message::call(msgid, "ping", vec![]));
+    let mut invalidations = Vec::new();
+    loop {
+        let message = observer
+            .encoding
+            .decode(&Bytes::from(observer.read_frame().unwrap()))
+            .unwrap();
+        if message.name == "invalidateTransaction" {
+            invalidations.push(message.args);
+        } else if message.msgid == Value::Int(msgid) {
+            break;
+        }
+    }
+    assert_eq!(invalidations.len(), 1, "{invalidations:?}");
+    let args = invalidations[0].as_seq().unwrap();
+    assert_eq!(args[0], tid);
+    assert_eq!(args[1].as_seq().unwrap(), &[oid]);
+    // A client reconnecting with the previous tid learns the oid too.
+    let before = Value::bytes(
+        (u64::from_be_bytes(tid.as_bytes().unwrap()[..].try_into().unwrap()) - 1)
+            .to_be_bytes()
+            .to_vec(),
+    );
+    let changes = observer.call("getInvalidations", vec![before]).unwrap();
+    assert_eq!(changes.as_seq().unwrap()[0], tid);
+}
+
+#[test]
+fn sigterm_lets_a_voted_commit_finish_then_exits() {
+    let backend = ZeoServer::start(false);
+    let mut zeoraid =
+        ZeoraidProcess::start(env!("CARGO_BIN_EXE_zeoraid"), &backend, "msgpack", &[]);
+    let mut committer = RawClient::registered(zeoraid.port(), Encoding::Msgpack);
+    let mut idle = RawClient::registered(zeoraid.port(), Encoding::Msgpack);
+    let oid = committer.begin_and_vote(1, b"finished during shutdown");
+    let pid = zeoraid.pid().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // The idle client is let go; the commit holding the lock may finish.
+    assert!(idle.is_closed_by_server());
+    let tid = committer
+        .call("tpc_finish", vec![Value::Int(1)])
+        .expect("tpc_finish during shutdown");
+    assert!(committer.is_closed_by_server());
+    let status = zeoraid.stop(Duration::from_secs(10)).expect("exit status");
+    assert!(status.success(), "{status:?}\n{}", zeoraid.log());
+    // The commit is on the backend.
+    let mut direct = RawClient::registered(backend.port(), Encoding::Pickle);
+    let loaded = direct.load(&oid);
+    assert_eq!(loaded.as_seq().unwrap()[1], tid);
+}
