@@ -306,9 +306,10 @@ impl Session {
     ) -> Result<(), Close> {
         // Argument checks first: bad input is answered here and never
         // reaches a backend.
-        if let Err(error) = check_arguments(name, &args) {
-            return self.respond(name, reply, Err(error)).await;
-        }
+        let args = match check_arguments(name, args) {
+            Ok(args) => args,
+            Err(error) => return self.respond(name, reply, Err(error)).await,
+        };
         match name {
             "register" => {
                 if self.registered {
@@ -580,7 +581,7 @@ impl Session {
 /// that every value is plain data. Everything else passes through as the
 /// client sent it, and the backend judges it as ZEO would: ZODB's own
 /// tests pass str descriptions and None serials, for example.
-fn check_arguments(name: &str, args: &[Value]) -> Result<(), ZeoError> {
+fn check_arguments(name: &str, args: Vec<Value>) -> Result<Vec<Value>, ZeoError> {
     use validate::{arity, id8, int, plain_data};
     let (min, max) = match name {
         "get_info" | "lastTransaction" | "ping" | "server_status" | "new_oid"
@@ -606,8 +607,11 @@ fn check_arguments(name: &str, args: &[Value]) -> Result<(), ZeoError> {
         "restorea" | "storeBlobShared" => (5, 5),
         _ => (0, usize::MAX),
     };
-    arity(name, args, min, max)?;
-    args.iter().try_for_each(|arg| plain_data(name, arg))?;
+    arity(name, &args, min, max)?;
+    let args = args
+        .into_iter()
+        .map(|arg| plain_data(name, arg))
+        .collect::<Result<Vec<_>, _>>()?;
     match name {
         "register" => validate::str(name, "storage", &args[0]),
         "getInvalidations" => id8(name, "tid", &args[0]),
@@ -628,7 +632,8 @@ fn check_arguments(name: &str, args: &[Value]) -> Result<(), ZeoError> {
             int(name, "txn id", args.last().expect("arity checked")).map(drop)
         }
         _ => Ok(()),
-    }
+    }?;
+    Ok(args)
 }
 
 /// Turns a checked transactional message into a worker command.

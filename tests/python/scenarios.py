@@ -29,6 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -354,6 +355,7 @@ def main(argv=None):
     VERBOSE = args.verbose
     if not args.direct:
         zt.zeoraid_binary()  # fail early and clearly
+    zt.exit_with_parent()
     workdir = tempfile.mkdtemp(prefix=f'zeoraid-{args.scenario}-')
     zt.quiet_logging(os.path.join(workdir, 'python.log'))
     mode = ('direct, backend ' + args.backend_encoding if args.direct else
@@ -367,7 +369,6 @@ def main(argv=None):
         outcome = SCENARIOS[args.scenario](setup, args)
         ok = True
     except Exception as e:
-        import traceback
         traceback.print_exc()
         print(f'scenario {args.scenario} ({mode}) FAILED: {e}',
               file=sys.stderr)

@@ -253,6 +253,38 @@ def _install_sigterm_handler():
 _install_sigterm_handler()
 
 
+def kill_children():
+    """Kills every zeoraid started here and every forked ZEO server
+    (multiprocessing child) still running."""
+    _kill_live_processes()
+    import multiprocessing
+    for child in multiprocessing.active_children():
+        try:
+            child.kill()
+        except Exception:
+            pass
+
+
+def exit_with_parent(interval=0.5):
+    """Starts a daemon thread that ends this process (and its zeoraid and
+    ZEO server children) when its parent goes away, e.g. a test binary
+    killed by a timeout: an orphaned test run must not go on for minutes."""
+    import threading
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                print('parent process gone: stopping', file=sys.stderr,
+                      flush=True)
+                kill_children()
+                os._exit(4)
+
+    threading.Thread(target=watch, name='exit-with-parent',
+                     daemon=True).start()
+
+
 def _toml_string(value):
     escaped = (str(value).replace('\\', '\\\\').replace('"', '\\"')
                .replace('\n', '\\n'))

@@ -24,7 +24,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -861,8 +861,8 @@ pub fn run_python(script: &str, args: &[&str], envs: &[(&str, &str)]) -> String 
     let mut child = command
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run `{line}`: {e}"));
-    let stdout = collect(child.stdout.take().unwrap(), stream);
-    let stderr = collect(child.stderr.take().unwrap(), stream);
+    let stdout = Collector::start(child.stdout.take().unwrap(), stream);
+    let stderr = Collector::start(child.stderr.take().unwrap(), stream);
 
     let mut timed_out = false;
     let status = loop {
@@ -878,8 +878,8 @@ pub fn run_python(script: &str, args: &[&str], envs: &[(&str, &str)]) -> String 
             Err(e) => panic!("waiting for `{line}`: {e}"),
         }
     };
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
+    let stdout = stdout.finish(Duration::from_secs(5));
+    let stderr = stderr.finish(Duration::from_secs(5));
     if timed_out || !status.is_some_and(|s| s.success()) {
         panic!(
             "`{line}` {} after {:.1?}\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}",
@@ -897,26 +897,49 @@ pub fn run_python(script: &str, args: &[&str], envs: &[(&str, &str)]) -> String 
     stdout
 }
 
-/// Reads `pipe` to the end in a thread (so that neither pipe fills up).
-fn collect(pipe: impl Read + Send + 'static, echo: bool) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut all = Vec::new();
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if echo {
-                        let _ = io::stderr().write_all(&line);
+/// Output read from a child's pipe by a thread (so that neither pipe fills
+/// up), available even if the pipe never reaches EOF.
+struct Collector {
+    buffer: Arc<Mutex<Vec<u8>>>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Collector {
+    fn start(pipe: impl Read + Send + 'static, echo: bool) -> Collector {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&buffer);
+        let thread = thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if echo {
+                            let _ = io::stderr().write_all(&line);
+                        }
+                        sink.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend_from_slice(&line);
                     }
-                    all.extend_from_slice(&line);
                 }
             }
+        });
+        Collector { buffer, thread }
+    }
+
+    /// What was read, once the pipe is at EOF or `grace` has passed: a
+    /// grandchild that outlives the child (a forked server) may keep the
+    /// pipe open.
+    fn finish(self, grace: Duration) -> String {
+        let deadline = Instant::now() + grace;
+        while !self.thread.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
         }
-        String::from_utf8_lossy(&all).into_owned()
-    })
+        let bytes = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
 }
 
 /// The last non-empty line of `output`.
