@@ -481,3 +481,84 @@ fn sigterm_lets_a_voted_commit_finish_then_exits() {
     let loaded = direct.load(&oid);
     assert_eq!(loaded.as_seq().unwrap()[1], tid);
 }
+
+#[test]
+fn bad_configuration_stops_start_up_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[server]\nlisten = \"127.0.0.1:8100\"\nstate_dir = \"x\"\n[[backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nstorage = \"1\"\n", "storage"),
+        ("[server]\nlisten = \"127.0.0.1:8100\"\nstorage = \"1\"\nstate_dir = \"x\"\n[[backend]]\nname = \"a\"\naddress = \"nowhere\"\nstorage = \"1\"\n", "backend[0].address"),
+        ("[server]\nlisten = \"127.0.0.1:8100\"\nstorage = \"1\"\nstate_dir = \"x\"\n[[backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nstorage = \"1\"\n[[backend]]\nname = \"a\"\naddress = \"127.0.0.1:2\"\nstorage = \"1\"\n", "duplicate backend name"),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_zeoraid"))
+            .args(["serve", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("bad{i}.toml")) && stderr.contains(key),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn unreachable_backend_stops_start_up_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("zeoraid.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\nstorage = \"1\"\nstate_dir = {:?}\n[timeouts]\nconnect = 1\n[[backend]]\nname = \"a\"\naddress = \"127.0.0.1:{}\"\nstorage = \"1\"\n",
+        support::free_port(),
+        dir.path().join("state").display().to_string(),
+        support::free_port()
+    );
+    std::fs::write(&file, text).unwrap();
+    let started = Instant::now();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_zeoraid"))
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no backend reachable"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn connections_over_the_limit_wait_for_a_free_slot() {
+    let backend = ZeoServer::start(false);
+    let zeoraid = ZeoraidProcess::start(
+        env!("CARGO_BIN_EXE_zeoraid"),
+        &backend,
+        "msgpack",
+        &["max_connections = 2"],
+    );
+    let first = RawClient::registered(zeoraid.port(), Encoding::Msgpack);
+    let _second = RawClient::registered(zeoraid.port(), Encoding::Msgpack);
+    // The third connection is accepted by the kernel but not served.
+    let mut third = TcpStream::connect(("127.0.0.1", zeoraid.port())).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(third.read(&mut byte).is_err(), "served beyond the limit");
+    // Once a slot is free it gets its handshake.
+    drop(first);
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut handshake = [0u8; 6];
+    third.read_exact(&mut handshake).unwrap();
+    assert_eq!(&handshake, b"\0\0\0\x02M5");
+}

@@ -150,14 +150,8 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let id = next_id.fetch_add(1, Ordering::Relaxed);
-                let session = session::run(
-                    stream,
-                    peer,
-                    id,
-                    core.clone(),
-                    settings.clone(),
-                    shutdown.clone(),
-                );
+                let session =
+                    session::run(stream, id, core.clone(), settings.clone(), shutdown.clone());
                 let span = tracing::info_span!("client", %peer, id);
                 sessions.spawn(
                     async move {

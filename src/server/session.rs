@@ -9,7 +9,6 @@
 //! worker.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,14 +41,13 @@ type Close = String;
 /// Serves one accepted connection until it closes.
 pub async fn run(
     stream: TcpStream,
-    peer: SocketAddr,
     id: ClientId,
     core: Arc<Raid>,
     settings: Arc<FrontendSettings>,
     shutdown: CancellationToken,
 ) {
     if let Err(error) = stream.set_nodelay(true) {
-        debug!(%peer, %error, "cannot set TCP_NODELAY");
+        debug!(%error, "cannot set TCP_NODELAY");
     }
     let (read_half, write_half) = stream.into_split();
     let mut reader = frame_reader(read_half, settings.max_frame_size);
@@ -63,12 +61,18 @@ pub async fn run(
     let first = match tokio::time::timeout(timeout, reader.next()).await {
         Ok(Some(Ok(frame))) => frame,
         Ok(Some(Err(error))) => {
-            warn!(%peer, %error, "bad handshake frame; closing");
+            // An oversized frame is worth a warning; a reset is a client
+            // that went away (ClientStorage drops surplus connections).
+            if error.kind() == std::io::ErrorKind::InvalidData {
+                warn!(%error, "bad handshake frame; closing");
+            } else {
+                debug!(%error, "connection lost during the handshake");
+            }
             return;
         }
         Ok(None) => return,
         Err(_) => {
-            debug!(%peer, "no handshake within {timeout:?}; closing");
+            debug!("no handshake within {timeout:?}; closing");
             return;
         }
     };
@@ -82,13 +86,13 @@ pub async fn run(
         _ => None,
     };
     let Some(encoding) = encoding else {
-        warn!(%peer, handshake = %String::from_utf8_lossy(&first[..first.len().min(32)]), "bad handshake: zeoraid speaks ZEO protocol 5 (M5 or Z5); closing");
+        warn!(handshake = %String::from_utf8_lossy(&first[..first.len().min(32)]), "bad handshake: zeoraid speaks ZEO protocol 5 (M5 or Z5); closing");
         return;
     };
     if !core.is_available() {
         // A ZEO client retries the connection shortly; better than
         // registering it against a storage that cannot answer.
-        debug!(%peer, "no backend available; refusing client");
+        debug!("no backend available; refusing client");
         return;
     }
 
