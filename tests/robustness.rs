@@ -562,3 +562,116 @@ fn connections_over_the_limit_wait_for_a_free_slot() {
     third.read_exact(&mut handshake).unwrap();
     assert_eq!(&handshake, b"\0\0\0\x02M5");
 }
+
+/// Reads until the reply to a ping and returns the invalidated tids.
+fn invalidated_tids(client: &mut RawClient) -> Vec<Value> {
+    let msgid = client.next_msgid;
+    client.next_msgid += 1;
+    client.send(&Message::call(msgid, "ping", vec![]));
+    let mut tids = Vec::new();
+    loop {
+        let message = client
+            .encoding
+            .decode(&Bytes::from(client.read_frame().unwrap()))
+            .unwrap();
+        if message.name == "invalidateTransaction" {
+            tids.push(message.args.as_seq().unwrap()[0].clone());
+        } else if message.msgid == Value::Int(msgid) {
+            return tids;
+        }
+    }
+}
+
+#[test]
+fn commits_made_on_the_backend_directly_are_invalidated() {
+    let mut rig = Rig::start();
+    let backend_port = rig._backend.port();
+    let mut direct = RawClient::registered(backend_port, Encoding::Pickle);
+    let (_, tid) = direct.commit(1, b"written behind zeoraid's back");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if invalidated_tids(&mut rig.bystander).contains(&tid) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no invalidation for the foreign commit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(rig.bystander.call("lastTransaction", vec![]), Ok(tid));
+}
+
+#[test]
+fn backend_that_comes_back_ahead_is_caught_up_before_serving() {
+    let mut backend = ZeoServer::start(false);
+    let zeoraid = ZeoraidProcess::start(env!("CARGO_BIN_EXE_zeoraid"), &backend, "msgpack", &[]);
+    let mut client = RawClient::registered(zeoraid.port(), Encoding::Msgpack);
+    let (oid, before) = client.commit(1, b"v1");
+    drop(client);
+    // Change the object in the storage file while the server is down, as a
+    // restore from backup or an offline repair would.
+    backend.stop();
+    let script = format!(
+        "import ZODB.FileStorage, ZODB.Connection\n\
+         s = ZODB.FileStorage.FileStorage({:?})\n\
+         t = ZODB.Connection.TransactionMetaData()\n\
+         s.tpc_begin(t); s.store({:?}, {:?}, b'v2', '', t); s.tpc_vote(t); s.tpc_finish(t); s.close()\n",
+        backend.data_fs().display().to_string(),
+        BytesLiteral(oid.as_bytes().unwrap()),
+        BytesLiteral(before.as_bytes().unwrap()),
+    );
+    let status = std::process::Command::new(support::python())
+        .arg("-c")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    backend.restart();
+    // A client that reconnects with its old tid learns that the object
+    // changed, and reads the new data.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut client = loop {
+        let (mut probe, _) = RawClient::connect(zeoraid.port());
+        probe.send_raw(b"M5");
+        probe.encoding = Encoding::Msgpack;
+        probe.send(&Message::call(
+            1,
+            "register",
+            vec![Value::str("1"), Value::Bool(false)],
+        ));
+        if let Some(frame) = probe.read_frame() {
+            let message = probe.encoding.decode(&Bytes::from(frame)).unwrap();
+            if message.kind == MessageKind::Reply && message.args != before {
+                probe.next_msgid = 2;
+                break probe;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "zeoraid did not serve again:\n{}",
+            zeoraid.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let changes = client.call("getInvalidations", vec![before]).unwrap();
+    let changes = changes.as_seq().unwrap();
+    assert_eq!(changes[1].as_seq().unwrap(), &[oid.clone()]);
+    assert_eq!(
+        client.load(&oid).as_seq().unwrap()[0],
+        Value::bytes(&b"v2"[..])
+    );
+}
+
+/// Formats bytes as a Python bytes literal.
+struct BytesLiteral<'a>(&'a [u8]);
+
+impl std::fmt::Debug for BytesLiteral<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "b'")?;
+        for byte in self.0 {
+            write!(f, "\\x{byte:02x}")?;
+        }
+        write!(f, "'")
+    }
+}

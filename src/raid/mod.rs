@@ -33,6 +33,9 @@ pub enum Availability {
     /// Not yet connected to the backend, or reconnecting.
     Unavailable(String),
     Available,
+    /// The backend came back with transactions zeoraid has not seen (up
+    /// to this tid); clients wait until zeoraid has invalidated them.
+    CatchingUp(Tid),
     /// The backend cannot be used until an operator acts.
     Failed(String),
 }
@@ -202,16 +205,9 @@ impl Raid {
         let mut availability = self.availability();
         tokio::spawn(async move {
             while availability.changed().await.is_ok() {
-                let pending = match &*availability.borrow() {
-                    Availability::Unavailable(reason) => {
-                        reason.strip_prefix(CATCH_UP).map(str::to_owned)
-                    }
-                    _ => None,
-                };
-                if let Some(backend_tid) =
-                    pending.and_then(|hex| u64::from_str_radix(&hex, 16).ok())
-                {
-                    self.catch_up(Tid(backend_tid)).await;
+                let state = availability.borrow_and_update().clone();
+                if let Availability::CatchingUp(backend_tid) = state {
+                    self.catch_up(backend_tid).await;
                 }
             }
         });
@@ -260,9 +256,6 @@ impl Raid {
         }
     }
 }
-
-/// Prefix of the "catching up" unavailability reason; the hex tid follows.
-const CATCH_UP: &str = "catching up with backend tid ";
 
 impl CoreState {
     fn set_availability(&self, availability: Availability) {
@@ -338,10 +331,7 @@ impl BackendObserver for Observer {
             info!(backend, "backend is back and up to date");
             state.set_availability(Availability::Available);
         } else if last_tid > known {
-            state.set_availability(Availability::Unavailable(format!(
-                "{CATCH_UP}{:016x}",
-                last_tid.0
-            )));
+            state.set_availability(Availability::CatchingUp(last_tid));
         } else {
             let reason = format!(
                 "backend {backend}'s last transaction {last_tid} is older than {known}, the last one zeoraid knows: its storage went back in time; refusing to use it"

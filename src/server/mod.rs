@@ -107,20 +107,25 @@ pub async fn serve(
 /// reach any backend says so at start-up instead of refusing every client.
 async fn wait_for_backend(core: &Raid, timeout: Duration) -> Result<(), StartError> {
     let mut availability = core.availability();
-    let settled = tokio::time::timeout(
+    // Whether it settled or timed out, the state it is in now decides.
+    let _ = tokio::time::timeout(
         timeout,
-        availability.wait_for(|a| !matches!(a, Availability::Unavailable(_))),
+        availability.wait_for(|a| matches!(a, Availability::Available | Availability::Failed(_))),
     )
-    .await
-    .is_ok();
+    .await;
     let state = availability.borrow().clone();
     match state {
-        Availability::Available if settled => Ok(()),
+        Availability::Available => Ok(()),
         Availability::Unavailable(reason) | Availability::Failed(reason) => {
             core.shutdown();
             Err(StartError::NoBackend(reason))
         }
-        Availability::Available => Ok(()),
+        Availability::CatchingUp(tid) => {
+            core.shutdown();
+            Err(StartError::NoBackend(format!(
+                "still catching up with backend tid {tid}"
+            )))
+        }
     }
 }
 
