@@ -656,7 +656,7 @@ fn backend_that_comes_back_ahead_is_caught_up_before_serving() {
     };
     let changes = client.call("getInvalidations", vec![before]).unwrap();
     let changes = changes.as_seq().unwrap();
-    assert_eq!(changes[1].as_seq().unwrap(), &[oid.clone()]);
+    assert_eq!(changes[1].as_seq().unwrap(), std::slice::from_ref(&oid));
     assert_eq!(
         client.load(&oid).as_seq().unwrap()[0],
         Value::bytes(&b"v2"[..])
