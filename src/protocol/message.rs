@@ -44,20 +44,20 @@ impl Encoding {
     /// Appends one encoded message (without the length prefix).
     pub fn encode(self, message: &Message, out: &mut BytesMut) {
         let flags = message.kind.flags();
-        let name = Value::Str(message.name.clone());
-        let parts = [&message.msgid, &flags, &name, &message.args];
         match self {
             Encoding::Msgpack => {
                 out.put_u8(0x94); // fixarray of 4
-                for part in parts {
-                    msgpack::encode_value(part, out);
-                }
+                msgpack::encode_value(&message.msgid, out);
+                msgpack::encode_value(&flags, out);
+                msgpack::encode_str(&message.name, out);
+                msgpack::encode_value(&message.args, out);
             }
             Encoding::Pickle => {
                 out.put_slice(&[0x80, 3, b'(']); // PROTO 3, MARK
-                for part in parts {
-                    pickle::encode_value(part, out);
-                }
+                pickle::encode_value(&message.msgid, out);
+                pickle::encode_value(&flags, out);
+                pickle::encode_str(&message.name, out);
+                pickle::encode_value(&message.args, out);
                 out.put_slice(b"t."); // TUPLE, STOP
             }
         }

@@ -55,6 +55,12 @@ pub fn encode_value(value: &Value, out: &mut BytesMut) {
     write_value(value, &mut (&mut *out).writer());
 }
 
+/// Appends one text string (a message's method name, without building a
+/// `Value` for it).
+pub fn encode_str(text: &str, out: &mut BytesMut) {
+    write_str(text, &mut (&mut *out).writer());
+}
+
 /// rmp writes through `std::io::Write`; this adapter appends to the buffer.
 type Sink<'a> = Writer<&'a mut BytesMut>;
 

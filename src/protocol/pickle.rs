@@ -184,7 +184,9 @@ fn encode_bytes(data: &[u8], out: &mut BytesMut) {
     out.put_slice(data);
 }
 
-fn encode_str(text: &str, out: &mut BytesMut) {
+/// Appends one text string (also a message's method name, without
+/// building a `Value` for it).
+pub fn encode_str(text: &str, out: &mut BytesMut) {
     // Protocol 3 has no short form for text.
     put_len(text.len(), op::BINUNICODE, op::BINUNICODE8, out);
     out.put_slice(text.as_bytes());
