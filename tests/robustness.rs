@@ -398,22 +398,30 @@ fn commit_lock_holder_that_hangs_is_timed_out() {
     assert!(holder.is_closed_by_server());
 }
 
-/// Reads messages until the reply to a ping; returns the names of the
-/// one-way messages that arrived before it.
-fn one_ways_before_ping(client: &mut RawClient) -> Vec<String> {
+/// Pings and returns the one-way messages that arrived before the reply.
+fn one_ways_before_ping(client: &mut RawClient) -> Vec<Message> {
     let msgid = client.next_msgid;
     client.next_msgid += 1;
     client.send(&Message::call(msgid, "ping", vec![]));
-    let mut names = Vec::new();
+    let mut one_ways = Vec::new();
     loop {
         let frame = client.read_frame().expect("reply");
         let message = client.encoding.decode(&Bytes::from(frame)).unwrap();
         if message.kind == MessageKind::OneWay {
-            names.push(message.name);
+            one_ways.push(message);
         } else if message.msgid == Value::Int(msgid) {
-            return names;
+            return one_ways;
         }
     }
+}
+
+/// The args of the invalidations that arrived before a ping's reply.
+fn invalidations_before_ping(client: &mut RawClient) -> Vec<Value> {
+    one_ways_before_ping(client)
+        .into_iter()
+        .filter(|message| message.name == "invalidateTransaction")
+        .map(|message| message.args)
+        .collect()
 }
 
 #[test]
@@ -423,23 +431,9 @@ fn invalidations_reach_every_other_client_once() {
     one_ways_before_ping(&mut rig.bystander);
     let (oid, tid) = rig.bystander.commit(3, b"watched");
     // The committer gets `info`, not its own invalidation.
-    assert!(!one_ways_before_ping(&mut rig.bystander).contains(&"invalidateTransaction".to_owned()));
+    assert!(invalidations_before_ping(&mut rig.bystander).is_empty());
     // Another client gets exactly one invalidateTransaction, naming the oid.
-    let msgid = observer.next_msgid;
-    observer.next_msgid += 1;
-    observer.send(&Message::call(msgid, "ping", vec![]));
-    let mut invalidations = Vec::new();
-    loop {
-        let message = observer
-            .encoding
-            .decode(&Bytes::from(observer.read_frame().unwrap()))
-            .unwrap();
-        if message.name == "invalidateTransaction" {
-            invalidations.push(message.args);
-        } else if message.msgid == Value::Int(msgid) {
-            break;
-        }
-    }
+    let invalidations = invalidations_before_ping(&mut observer);
     assert_eq!(invalidations.len(), 1, "{invalidations:?}");
     let args = invalidations[0].as_seq().unwrap();
     assert_eq!(args[0], tid);
@@ -563,25 +557,6 @@ fn connections_over_the_limit_wait_for_a_free_slot() {
     assert_eq!(&handshake, b"\0\0\0\x02M5");
 }
 
-/// Reads until the reply to a ping and returns the invalidated tids.
-fn invalidated_tids(client: &mut RawClient) -> Vec<Value> {
-    let msgid = client.next_msgid;
-    client.next_msgid += 1;
-    client.send(&Message::call(msgid, "ping", vec![]));
-    let mut tids = Vec::new();
-    loop {
-        let message = client
-            .encoding
-            .decode(&Bytes::from(client.read_frame().unwrap()))
-            .unwrap();
-        if message.name == "invalidateTransaction" {
-            tids.push(message.args.as_seq().unwrap()[0].clone());
-        } else if message.msgid == Value::Int(msgid) {
-            return tids;
-        }
-    }
-}
-
 #[test]
 fn commits_made_on_the_backend_directly_are_invalidated() {
     let mut rig = Rig::start();
@@ -590,7 +565,11 @@ fn commits_made_on_the_backend_directly_are_invalidated() {
     let (_, tid) = direct.commit(1, b"written behind zeoraid's back");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if invalidated_tids(&mut rig.bystander).contains(&tid) {
+        let invalidations = invalidations_before_ping(&mut rig.bystander);
+        if invalidations
+            .iter()
+            .any(|args| args.as_seq().unwrap()[0] == tid)
+        {
             break;
         }
         assert!(
