@@ -65,6 +65,27 @@ pub struct ServerConfig {
     /// Log filter (tracing's env-filter syntax); RUST_LOG overrides it.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// Serve the RAID read-only: writable registrations get ReadOnlyError.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Optimal backends a commit needs; below it `fail_mode` applies.
+    #[serde(default = "default_min_optimal")]
+    pub min_optimal: usize,
+    /// What clients get when fewer than `min_optimal` backends are optimal.
+    #[serde(default)]
+    pub fail_mode: FailMode,
+}
+
+/// The behaviour below `min_optimal` optimal backends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailMode {
+    /// Clients are disconnected and new ones refused, as when a ZEO
+    /// server goes away; they reconnect once the RAID can commit again.
+    #[default]
+    Close,
+    /// Writes get ReadOnlyError; reads go on while any backend is optimal.
+    ReadOnly,
 }
 
 /// Time limits, in seconds.
@@ -73,8 +94,12 @@ pub struct ServerConfig {
 pub struct Timeouts {
     /// Connecting to a backend, including handshake and register.
     pub connect: f64,
-    /// Any call to a backend (except pack) and any reply write to a client.
+    /// Any call to a backend (except pack and the commit calls) and any
+    /// reply write to a client: a backend that does not answer within it
+    /// is degraded.
     pub call: f64,
+    /// A backend's vote and tpc_finish, which write the transaction.
+    pub commit: f64,
     /// A backend `pack` call, which runs as long as the pack does.
     pub pack: f64,
     /// Interval of the liveness ping sent to every backend; a ping that
@@ -93,9 +118,10 @@ impl Default for Timeouts {
     fn default() -> Timeouts {
         Timeouts {
             connect: 10.0,
-            call: 60.0,
+            call: 10.0,
+            commit: 60.0,
             pack: 3600.0,
-            heartbeat: 15.0,
+            heartbeat: 2.0,
             transaction: 300.0,
             handshake: 30.0,
             shutdown: 30.0,
@@ -109,6 +135,9 @@ impl Timeouts {
     }
     pub fn call(&self) -> Duration {
         Duration::from_secs_f64(self.call)
+    }
+    pub fn commit(&self) -> Duration {
+        Duration::from_secs_f64(self.commit)
     }
     pub fn pack(&self) -> Duration {
         Duration::from_secs_f64(self.pack)
@@ -149,6 +178,9 @@ fn default_max_frame_size() -> usize {
 }
 fn default_invalidation_queue_size() -> usize {
     100
+}
+fn default_min_optimal() -> usize {
+    1
 }
 fn default_log_level() -> String {
     "info".to_owned()
@@ -206,6 +238,7 @@ impl Config {
         for (key, value) in [
             ("timeouts.connect", t.connect),
             ("timeouts.call", t.call),
+            ("timeouts.commit", t.commit),
             ("timeouts.pack", t.pack),
             ("timeouts.heartbeat", t.heartbeat),
             ("timeouts.transaction", t.transaction),
@@ -249,17 +282,6 @@ impl Config {
             if backend.storage.is_empty() {
                 return Err(invalid(&key("storage"), "must not be empty".into()));
             }
-        }
-        // The RAID core that mirrors several backends is not part of this
-        // release; refusing here is clearer than silently using one.
-        if self.backends.len() > 1 {
-            return Err(invalid(
-                "backend",
-                format!(
-                    "{} backends configured, but this build proxies exactly one backend",
-                    self.backends.len()
-                ),
-            ));
         }
         Ok(())
     }
@@ -306,7 +328,9 @@ storage = "1"
         assert_eq!(config.server.listen, "127.0.0.1:8100");
         assert_eq!(config.server.encoding, Encoding::Msgpack);
         assert_eq!(config.backends[0].name, "a");
-        assert_eq!(config.timeouts.call(), Duration::from_secs(60));
+        assert_eq!(config.timeouts.call(), Duration::from_secs(10));
+        assert_eq!(config.server.fail_mode, FailMode::Close);
+        assert_eq!(config.server.min_optimal, 1);
     }
 
     #[test]

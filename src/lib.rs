@@ -14,11 +14,15 @@
 //! - [`server`]: the ZEO front end: listener, per-client sessions and
 //!   their transactions, argument checks, status, graceful shutdown.
 //! - [`config`]: the TOML configuration and its validation.
+//! - [`management`]: the operator's side: `zeoraid status`, `details` and
+//!   `disable` as a read-only ZEO client of zeoraid's `raid_*` methods, and
+//!   what they print and exit with.
 
 #![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod config;
+pub mod management;
 pub mod protocol;
 pub mod raid;
 pub mod server;

@@ -1,14 +1,17 @@
-//! The zeoraid command: `zeoraid serve --config FILE`.
+//! The zeoraid command: `zeoraid serve --config FILE` runs the server;
+//! `zeoraid status`, `details` and `disable NAME` ask a running one.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 use zeoraid::config::Config;
+use zeoraid::management::{self, Report, Target};
 
 #[derive(Parser)]
 #[command(version, about = "A RAID-1 proxy for ZEO servers")]
@@ -25,13 +28,81 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the RAID state as one line, monitoring-plugin style; exit 0
+    /// optimal, 1 degraded or recovering, 2 failed, 3 unknown.
+    Status {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Print one line per backend: NAME STATE [REASON OR PROGRESS].
+    Details {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Take a backend out of service; exit 1 if zeoraid refuses.
+    Disable {
+        /// The backend's name, as in the configuration.
+        name: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+/// Which running zeoraid a management command asks.
+#[derive(Args)]
+struct TargetArgs {
+    /// zeoraid's ZEO address.
+    #[arg(long, value_name = "HOST:PORT", default_value = management::DEFAULT_SERVER)]
+    server: String,
+    /// The storage name zeoraid serves.
+    #[arg(long, value_name = "NAME", default_value = "1")]
+    storage: String,
+    /// Seconds the whole exchange may take.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = management::parse_timeout)]
+    timeout: Duration,
+}
+
+impl From<TargetArgs> for Target {
+    fn from(args: TargetArgs) -> Target {
+        Target {
+            server: args.server,
+            storage: args.storage,
+            timeout: args.timeout,
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Status { target } => manage(management::status(&target.into())),
+        Command::Details { target } => manage(management::details(&target.into())),
+        Command::Disable { name, target } => manage(management::disable(&target.into(), &name)),
     }
+}
+
+/// Runs one management command and prints its report: plain lines on
+/// stdout for the operator or the monitoring system, errors on stderr.
+fn manage(command: impl std::future::Future<Output = Report>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("zeoraid: cannot start the async runtime: {err}");
+            return ExitCode::from(management::EXIT_UNKNOWN);
+        }
+    };
+    let report = runtime.block_on(command);
+    for line in &report.stdout {
+        println!("{line}");
+    }
+    for line in &report.stderr {
+        eprintln!("zeoraid: {line}");
+    }
+    ExitCode::from(report.exit_code)
 }
 
 fn serve(path: PathBuf) -> ExitCode {

@@ -1,118 +1,348 @@
-//! The RAID core: the state that all client sessions share.
+//! The RAID core: N backends behind one storage, and the state all client
+//! sessions share.
 //!
-//! In this release the core fronts exactly one backend (a transparent
-//! proxy); the mirroring of N backends builds on the same seams: the
-//! commit lock that serialises transactions from vote to finish, the
-//! choice of a backend for reads and writes, the invalidation fan-out and
-//! history, and the reaction to a backend's connects and disconnects.
+//! Every backend is `optimal` (in service) or `degraded` (out of service,
+//! with a reason, until an operator recovers it). Commits go to every
+//! optimal backend (see `commit`); reads go to one optimal backend, in turn.
+//! A backend that fails, hangs, disconnects, answers differently from the
+//! others, or shows a transaction zeoraid did not commit is degraded, and
+//! the degraded set is persisted before any commit that skipped it is
+//! confirmed (see `state`). The core also owns the invalidation fan-out and
+//! history, the oid allocator and the tid clock.
 
+mod commit;
 pub mod invalidations;
+mod oids;
+mod state;
 mod stats;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch, OwnedMutexGuard};
+use tokio::sync::{mpsc, Notify, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::backend::{Backend, BackendObserver, BackendSettings, CallError};
-use crate::protocol::{Message, Outgoing, Tid, Value};
+use crate::backend::{Backend, BackendObserver, BackendSettings};
+use crate::config::{Config, FailMode};
+use crate::protocol::{Message, Outgoing, Tid, Value, ZeoError};
+pub use commit::{VoteOutcome, Voted};
 pub use invalidations::Changes;
 use invalidations::InvalidationHistory;
+use oids::OidAllocator;
+use state::{DegradedRecord, PersistentState, StateFile};
 pub use stats::Stats;
 
 /// Identifies one client session for the fan-out.
 pub type ClientId = u64;
 
-/// Whether clients can be served.
+/// A backend's place in the RAID.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Availability {
-    /// Not yet connected to the backend, or reconnecting.
-    Unavailable(String),
-    Available,
-    /// The backend came back with transactions zeoraid has not seen (up
-    /// to this tid); clients wait until zeoraid has invalidated them.
-    CatchingUp(Tid),
-    /// The backend cannot be used until an operator acts.
-    Failed(String),
+pub enum Health {
+    Optimal,
+    /// Out of service until recovered; never read from or written to.
+    Degraded {
+        reason: String,
+        since: u64,
+    },
+}
+
+/// The state of the RAID as a whole, as `raid_status` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RaidStatus {
+    /// Every backend optimal.
+    Optimal,
+    /// Some optimal, some not.
+    Degraded,
+    /// No backend optimal.
+    Failed,
+}
+
+impl RaidStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RaidStatus::Optimal => "optimal",
+            RaidStatus::Degraded => "degraded",
+            RaidStatus::Failed => "failed",
+        }
+    }
 }
 
 /// A connected client, as the fan-out sees it.
 struct Subscriber {
     outbound: mpsc::Sender<Outgoing>,
-    /// Closes the client's session (used for a client that cannot keep up).
+    /// Closes the client's session (a client that cannot keep up, or fail
+    /// mode "close").
     close: CancellationToken,
 }
 
-/// What the core tracks under one lock, so that registering a client,
-/// reading the last tid and fanning out a commit are atomic together.
+/// What one backend is known to be.
+struct MemberState {
+    health: Health,
+    connected: bool,
+    /// The storage's last tid when it (re)connected, then the last tid
+    /// committed to it through zeoraid.
+    last_tid: Option<Tid>,
+    /// Why the last connection attempt failed or the connection dropped.
+    last_error: Option<String>,
+}
+
+/// Everything under the core lock, so that registering a client, reading
+/// the last tid, fanning out a commit and changing health are atomic
+/// together.
 struct Inner {
     history: InvalidationHistory,
     subscribers: HashMap<ClientId, Subscriber>,
-    /// The backend's most recent `info` dict (`length`, `size`).
+    members: Vec<MemberState>,
+    /// The most recent `info` dict (`length`, `size`) from a backend.
     last_info: Option<Value>,
-    /// The backend's last tid was read once: later connects must agree.
-    known_tid: bool,
+    oids: OidAllocator,
+}
+
+/// The persisted state and its file; its lock is taken before the core
+/// lock whenever both are needed.
+struct Persisted {
+    state: PersistentState,
+    file: StateFile,
+    /// Set when the file could not be written: commits are refused, since
+    /// a degraded backend could no longer be remembered across a restart.
+    broken: Option<String>,
+}
+
+/// The part of the core that backend observers reach.
+struct Shared {
+    names: Vec<String>,
+    inner: Mutex<Inner>,
+    persisted: Mutex<Persisted>,
+    /// Set once start-up has decided every backend's health; before that,
+    /// connects and disconnects are only recorded.
+    started: AtomicBool,
+    /// Wakes start-up when a backend reports.
+    reported: Notify,
+    /// Set while a tpc_finish is in flight: the `info` backends send then
+    /// belongs to the committer, not to every client.
+    finishing: AtomicBool,
+    min_optimal: usize,
+    fail_mode: FailMode,
+    stats: Stats,
 }
 
 pub struct Raid {
     storage_name: String,
-    backend: Backend,
-    state: Arc<CoreState>,
-    /// Serialises transactions from vote to finish/abort: the backend
-    /// connection carries one transaction at a time, and commits must reach
-    /// the backends in one order.
+    backends: Vec<Backend>,
+    shared: Arc<Shared>,
+    /// Serialises transactions from vote to finish/abort: commits reach
+    /// every backend in the same order, and the tid clock is read under it.
     commit_lock: Arc<tokio::sync::Mutex<()>>,
     /// Transaction ids used on backend connections.
     next_backend_txn: AtomicI64,
-}
-
-struct CoreState {
-    inner: Mutex<Inner>,
-    availability: watch::Sender<Availability>,
-    /// Set while a tpc_finish is in flight: the `info` the backend sends
-    /// then belongs to the committer, not to every client.
-    finishing: AtomicBool,
-    stats: Stats,
+    /// Round-robin position for reads.
+    read_cursor: AtomicUsize,
+    read_only: bool,
+    call_timeout: Duration,
+    commit_timeout: Duration,
 }
 
 impl Raid {
-    /// Creates the core and starts connecting to the backend.
-    pub fn start(
-        storage_name: &str,
-        settings: BackendSettings,
-        invalidation_queue_size: usize,
-    ) -> Arc<Raid> {
-        let (availability, _) = watch::channel(Availability::Unavailable(
-            "connecting to the backend".into(),
-        ));
-        let state = Arc::new(CoreState {
+    /// Opens every backend in parallel and decides their health: backends
+    /// recorded as degraded stay degraded; backends unreachable within the
+    /// connect timeout, or behind the newest, are degraded. Fails when no
+    /// backend can be optimal.
+    pub async fn start(config: &Config) -> Result<Arc<Raid>, String> {
+        let file = StateFile::new(&config.server.state_dir);
+        let persisted_state = file
+            .load()
+            .map_err(|e| format!("cannot read the RAID state: {e}"))?;
+        let names: Vec<String> = config.backends.iter().map(|b| b.name.clone()).collect();
+        let shared = Arc::new(Shared {
+            names: names.clone(),
             inner: Mutex::new(Inner {
-                history: InvalidationHistory::new(Tid::ZERO, invalidation_queue_size),
+                history: InvalidationHistory::new(Tid::ZERO, config.server.invalidation_queue_size),
                 subscribers: HashMap::new(),
+                members: names
+                    .iter()
+                    .map(|_| MemberState {
+                        health: Health::Optimal,
+                        connected: false,
+                        last_tid: None,
+                        last_error: None,
+                    })
+                    .collect(),
                 last_info: None,
-                known_tid: false,
+                oids: OidAllocator::new(persisted_state.oids_reserved, 0),
             }),
-            availability,
+            persisted: Mutex::new(Persisted {
+                state: persisted_state,
+                file,
+                broken: None,
+            }),
+            started: AtomicBool::new(false),
+            reported: Notify::new(),
             finishing: AtomicBool::new(false),
+            min_optimal: config.server.min_optimal,
+            fail_mode: config.server.fail_mode,
             stats: Stats::default(),
         });
-        let observer = Arc::new(Observer {
-            state: Arc::downgrade(&state),
-        });
-        let backend = Backend::spawn(settings, observer);
+        let timeouts = &config.timeouts;
+        let backends: Vec<Backend> = config
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(index, backend)| {
+                let settings = BackendSettings {
+                    name: backend.name.clone(),
+                    address: backend.address.clone(),
+                    storage: backend.storage.clone(),
+                    connect_timeout: timeouts.connect(),
+                    call_timeout: timeouts.call(),
+                    heartbeat_interval: timeouts.heartbeat(),
+                    max_frame_size: config.server.max_frame_size,
+                };
+                let observer = Arc::new(Observer {
+                    shared: Arc::downgrade(&shared),
+                    index,
+                });
+                Backend::spawn(settings, observer)
+            })
+            .collect();
         let raid = Arc::new(Raid {
-            storage_name: storage_name.to_owned(),
-            backend,
-            state,
+            storage_name: config.server.storage.clone(),
+            backends,
+            shared,
             commit_lock: Arc::new(tokio::sync::Mutex::new(())),
             next_backend_txn: AtomicI64::new(1),
+            read_cursor: AtomicUsize::new(0),
+            read_only: config.server.read_only,
+            call_timeout: timeouts.call(),
+            commit_timeout: timeouts.commit(),
         });
-        raid.clone().watch_backend_reconnects();
-        raid
+        raid.wait_for_backends(timeouts.connect() + Duration::from_millis(500))
+            .await;
+        if let Err(reason) = raid.decide_initial_health().await {
+            raid.shutdown();
+            return Err(reason);
+        }
+        Ok(raid)
+    }
+
+    /// Waits until every backend has connected or failed once, at most
+    /// `timeout`: one unreachable backend never delays start-up longer.
+    async fn wait_for_backends(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.reported.notified();
+            let all_reported = self
+                .shared
+                .inner
+                .lock()
+                .members
+                .iter()
+                .all(|m| m.connected || m.last_error.is_some());
+            if all_reported {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn decide_initial_health(&self) -> Result<(), String> {
+        let shared = &self.shared;
+        let now = unix_now();
+        let newest = {
+            let mut persisted = shared.persisted.lock();
+            let mut inner = shared.inner.lock();
+            for (index, member) in inner.members.iter_mut().enumerate() {
+                let name = &shared.names[index];
+                if let Some(record) = persisted.state.degraded.get(name) {
+                    member.health = Health::Degraded {
+                        reason: record.reason.clone(),
+                        since: record.since,
+                    };
+                } else if !member.connected {
+                    let reason = format!(
+                        "unreachable at start-up: {}",
+                        member.last_error.as_deref().unwrap_or("no answer")
+                    );
+                    member.health = Health::Degraded { reason, since: now };
+                }
+            }
+            let newest = inner
+                .members
+                .iter()
+                .filter(|m| m.health == Health::Optimal)
+                .filter_map(|m| m.last_tid)
+                .max();
+            if let Some(newest) = newest {
+                for member in inner.members.iter_mut() {
+                    if member.health == Health::Optimal && member.last_tid < Some(newest) {
+                        let reason = format!(
+                            "missing transactions: last tid {}, newest {newest}",
+                            member.last_tid.unwrap_or_default()
+                        );
+                        member.health = Health::Degraded { reason, since: now };
+                    }
+                }
+            }
+            // Record the verdicts before serving anything.
+            for (index, member) in inner.members.iter().enumerate() {
+                if let Health::Degraded { reason, since } = &member.health {
+                    persisted.state.degraded.insert(
+                        shared.names[index].clone(),
+                        DegradedRecord {
+                            reason: reason.clone(),
+                            since: *since,
+                        },
+                    );
+                }
+            }
+            persisted
+                .file
+                .save(&persisted.state)
+                .map_err(|e| format!("cannot write {}: {e}", persisted.file.path().display()))?;
+            if let Some(newest) = newest {
+                inner.history.reset(newest);
+            }
+            shared.started.store(true, Ordering::SeqCst);
+            newest
+        };
+        for (index, name) in shared.names.iter().enumerate() {
+            let inner = shared.inner.lock();
+            match &inner.members[index].health {
+                Health::Optimal => info!(backend = %name, "backend optimal"),
+                Health::Degraded { reason, .. } => {
+                    warn!(backend = %name, %reason, "backend degraded")
+                }
+            }
+        }
+        if newest.is_none() {
+            return Err(format!(
+                "no backend can be used: {}",
+                self.details()
+                    .iter()
+                    .map(|(name, text)| format!("{name} {text}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
+        // Start the oid counter above every optimal backend's own.
+        let mut backend_next = 0;
+        for (_, backend) in self.optimal_members() {
+            if let Ok(reply) = backend.call("new_oids", vec![Value::Int(1)]).await {
+                let first = reply
+                    .as_seq()
+                    .and_then(|oids| oids.first())
+                    .and_then(Tid::from_value);
+                backend_next = backend_next.max(first.map_or(0, |oid| oid.0 + 1));
+            }
+        }
+        let persisted = shared.persisted.lock().state.oids_reserved;
+        shared.inner.lock().oids = OidAllocator::new(persisted, backend_next);
+        Ok(())
     }
 
     pub fn storage_name(&self) -> &str {
@@ -120,184 +350,322 @@ impl Raid {
     }
 
     pub fn stats(&self) -> &Stats {
-        &self.state.stats
+        &self.shared.stats
     }
 
-    pub fn availability(&self) -> watch::Receiver<Availability> {
-        self.state.availability.subscribe()
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
-    pub fn is_available(&self) -> bool {
-        *self.state.availability.borrow() == Availability::Available
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
     }
 
-    /// The backend that serves reads, if clients can be served.
-    pub fn read_backend(&self) -> Option<&Backend> {
-        self.is_available().then_some(&self.backend)
+    pub fn commit_timeout(&self) -> Duration {
+        self.commit_timeout
     }
 
-    /// The backend that takes commits, if clients can be served.
-    pub fn write_backend(&self) -> Option<&Backend> {
-        self.read_backend()
+    fn optimal_count(&self) -> usize {
+        self.shared.optimal_count()
+    }
+
+    pub fn status(&self) -> RaidStatus {
+        let optimal = self.optimal_count();
+        if optimal == self.backends.len() {
+            RaidStatus::Optimal
+        } else if optimal == 0 {
+            RaidStatus::Failed
+        } else {
+            RaidStatus::Degraded
+        }
+    }
+
+    /// Each backend's name and state text, `optimal` or `degraded: reason
+    /// (since time)`.
+    pub fn details(&self) -> Vec<(String, String)> {
+        let inner = self.shared.inner.lock();
+        self.shared
+            .names
+            .iter()
+            .zip(&inner.members)
+            .map(|(name, member)| {
+                let text = match &member.health {
+                    Health::Optimal => "optimal".to_owned(),
+                    Health::Degraded { reason, since } => {
+                        format!("degraded: {reason} (since {})", iso_time(*since))
+                    }
+                };
+                (name.clone(), text)
+            })
+            .collect()
+    }
+
+    /// Whether new clients are served: some backend is optimal, and fail
+    /// mode "close" is not in force.
+    pub fn accepts_clients(&self) -> bool {
+        let optimal = self.optimal_count();
+        optimal > 0
+            && (optimal >= self.shared.min_optimal || self.shared.fail_mode == FailMode::ReadOnly)
+    }
+
+    pub fn is_optimal(&self, index: usize) -> bool {
+        self.shared.inner.lock().members[index].health == Health::Optimal
+    }
+
+    pub fn backend(&self, index: usize) -> &Backend {
+        &self.backends[index]
+    }
+
+    pub fn backend_count(&self) -> usize {
+        self.backends.len()
+    }
+
+    fn optimal_members(&self) -> Vec<(usize, Backend)> {
+        let inner = self.shared.inner.lock();
+        inner
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.health == Health::Optimal)
+            .map(|(index, _)| (index, self.backends[index].clone()))
+            .collect()
+    }
+
+    /// The backend for the next read: optimal backends in turn, so read
+    /// load is shared.
+    pub fn read_member(&self) -> Option<(usize, Backend)> {
+        let optimal = self.optimal_members();
+        if optimal.is_empty() {
+            return None;
+        }
+        let turn = self.read_cursor.fetch_add(1, Ordering::Relaxed);
+        Some(optimal[turn % optimal.len()].clone())
+    }
+
+    /// The backends a commit goes to, or why there is none to go to.
+    pub fn write_members(&self) -> Result<Vec<(usize, Backend)>, ZeoError> {
+        if let Some(reason) = &self.shared.persisted.lock().broken {
+            return Err(ZeoError::storage(format!(
+                "commits are refused: the RAID state cannot be saved: {reason}"
+            )));
+        }
+        let members = self.optimal_members();
+        if members.len() < self.shared.min_optimal {
+            return Err(match self.shared.fail_mode {
+                FailMode::ReadOnly => ZeoError::read_only(),
+                FailMode::Close => ZeoError::storage(format!(
+                    "{} of {} backends optimal, {} needed for a commit",
+                    members.len(),
+                    self.backends.len(),
+                    self.shared.min_optimal
+                )),
+            });
+        }
+        Ok(members)
+    }
+
+    /// Takes a backend out of service; see [`Shared::degrade`].
+    pub fn degrade(&self, index: usize, reason: &str) {
+        self.shared.degrade(index, reason);
+    }
+
+    /// Degrades a backend at an operator's request.
+    pub fn disable(&self, name: &str) -> Result<String, ZeoError> {
+        let index = self
+            .shared
+            .names
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| ZeoError::value_error(format!("no backend named {name:?}")))?;
+        if !self.is_optimal(index) {
+            return Ok(format!("{name} is already degraded"));
+        }
+        if self.optimal_count() == 1 {
+            return Err(ZeoError::value_error(format!(
+                "refusing to disable {name}: it is the last optimal backend"
+            )));
+        }
+        self.degrade(index, "disabled by operator");
+        Ok(format!("{name} disabled"))
     }
 
     pub fn last_tid(&self) -> Tid {
-        self.state.inner.lock().history.last_tid()
+        self.shared.inner.lock().history.last_tid()
     }
 
-    /// Adds a client to the fan-out; returns its id and the last tid, read
-    /// atomically with the registration so no invalidation is missed.
+    /// The tid for the next commit: time-based like FileStorage's, and
+    /// later than every tid any backend has. Called under the commit lock.
+    fn next_tid(&self) -> Tid {
+        let inner = self.shared.inner.lock();
+        let newest = inner
+            .members
+            .iter()
+            .filter_map(|m| m.last_tid)
+            .chain([inner.history.last_tid()])
+            .max()
+            .unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        newest.next_after(Tid::from_unix_nanos(now))
+    }
+
+    /// Hands out `new_oids(n)`, persisting a reservation first when needed.
+    pub fn new_oids(&self, requested: Option<i64>) -> Result<Value, ZeoError> {
+        let count = OidAllocator::count(requested);
+        let mut persisted = self.shared.persisted.lock();
+        let mut inner = self.shared.inner.lock();
+        if let Some(reservation) = inner.oids.needs_reservation(count) {
+            persisted.state.oids_reserved = reservation;
+            persisted.file.save(&persisted.state).map_err(|e| {
+                ZeoError::storage(format!("cannot persist the oid reservation: {e}"))
+            })?;
+            inner.oids.reserved(reservation);
+        }
+        let oids = inner
+            .oids
+            .allocate(count)
+            .into_iter()
+            .map(|oid| Tid(oid).to_value())
+            .collect();
+        Ok(Value::List(oids))
+    }
+
+    /// Adds a client to the fan-out; returns the last tid, read atomically
+    /// with the registration so no invalidation is missed.
     pub fn subscribe(
         &self,
         id: ClientId,
         outbound: mpsc::Sender<Outgoing>,
         close: CancellationToken,
     ) -> Tid {
-        let mut inner = self.state.inner.lock();
+        let mut inner = self.shared.inner.lock();
         inner.subscribers.insert(id, Subscriber { outbound, close });
         inner.history.last_tid()
     }
 
     pub fn unsubscribe(&self, id: ClientId) {
-        self.state.inner.lock().subscribers.remove(&id);
+        self.shared.inner.lock().subscribers.remove(&id);
     }
 
     pub fn changes_since(&self, tid: Tid) -> Changes {
-        self.state.inner.lock().history.changes_since(tid)
+        self.shared.inner.lock().history.changes_since(tid)
     }
 
     pub async fn lock_commits(&self) -> OwnedMutexGuard<()> {
         self.commit_lock.clone().lock_owned().await
     }
 
-    pub fn next_backend_txn(&self) -> i64 {
+    fn next_backend_txn(&self) -> i64 {
         self.next_backend_txn.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn set_finishing(&self, finishing: bool) {
-        self.state.finishing.store(finishing, Ordering::SeqCst);
-    }
-
     pub fn last_info(&self) -> Option<Value> {
-        self.state.inner.lock().last_info.clone()
+        self.shared.inner.lock().last_info.clone()
     }
 
     /// Records a transaction committed through zeoraid and tells every
     /// other client. Called under the commit lock, so tids arrive in order.
     pub fn committed(&self, committer: ClientId, tid: Tid, oids: Vec<Value>) {
-        self.state.stats.commits.fetch_add(1, Ordering::Relaxed);
-        self.state
-            .publish(tid, oids, Some(committer), "committed through zeoraid");
-    }
-
-    /// Stops serving clients: every session is closed.
-    pub fn disconnect_all_clients(&self) {
-        self.state.disconnect_all_clients();
-    }
-
-    pub fn shutdown(&self) {
-        self.backend.shutdown();
-    }
-
-    /// After a backend reconnect whose last tid is ahead of ours, learns
-    /// what changed meanwhile before clients are served again.
-    fn watch_backend_reconnects(self: Arc<Self>) {
-        let mut availability = self.availability();
-        tokio::spawn(async move {
-            while availability.changed().await.is_ok() {
-                let state = availability.borrow_and_update().clone();
-                if let Availability::CatchingUp(backend_tid) = state {
-                    self.catch_up(backend_tid).await;
-                }
-            }
-        });
-    }
-
-    /// The backend was written to while zeoraid was not looking (or its
-    /// restart lost our view): ask it what changed since our last tid.
-    async fn catch_up(&self, backend_tid: Tid) {
-        let known = self.last_tid();
-        let reply = self
-            .backend
-            .call("getInvalidations", vec![known.to_value()])
-            .await;
-        let state = &self.state;
-        match reply {
-            Ok(Value::None) => {
-                warn!(%known, %backend_tid, "backend has transactions zeoraid did not see and cannot list them; clients must drop their caches");
-                let mut inner = state.inner.lock();
-                inner.history.reset(backend_tid);
-                drop(inner);
-                state.set_availability(Availability::Available);
-            }
-            Ok(value) => {
-                let (tid, oids) = match value.into_seq() {
-                    Ok(items) if items.len() == 2 => {
-                        let mut items = items.into_iter();
-                        let tid = items.next().as_ref().and_then(Tid::from_value);
-                        let oids = items.next().and_then(|v| v.into_seq().ok());
-                        (tid, oids)
-                    }
-                    _ => (None, None),
-                };
-                match (tid, oids) {
-                    (Some(tid), Some(oids)) if tid >= known => {
-                        warn!(%known, %tid, count = oids.len(), "backend has transactions zeoraid did not commit; invalidating them");
-                        state.publish(tid, oids, None, "found on the backend after a reconnect");
-                        state.set_availability(Availability::Available);
-                    }
-                    _ => self.backend.reset("malformed getInvalidations reply"),
-                }
-            }
-            Err(error) => {
-                warn!(%error, "cannot ask the backend what changed; reconnecting");
-                self.backend.reset("getInvalidations failed");
-            }
-        }
-    }
-}
-
-impl CoreState {
-    fn set_availability(&self, availability: Availability) {
-        self.availability.send_replace(availability);
-    }
-
-    /// Adds a transaction to the history and sends its invalidation to
-    /// every client except `skip`.
-    fn publish(&self, tid: Tid, oids: Vec<Value>, skip: Option<ClientId>, origin: &str) {
-        let mut inner = self.inner.lock();
-        if tid <= inner.history.last_tid() {
-            // Already known (our own commit echoed back); nothing to tell.
-            return;
-        }
+        self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+        let mut inner = self.shared.inner.lock();
         let message = Arc::new(Message::one_way(
             "invalidateTransaction",
             vec![tid.to_value(), Value::List(oids.clone())],
         ));
         inner.history.push(tid, oids);
-        tracing::debug!(%tid, origin, "invalidating");
-        Self::fan_out(&inner, &message, skip);
+        fan_out(&inner, &message, Some(committer));
     }
 
-    /// Queues a message for clients. A client whose queue is full is not
-    /// reading: it is disconnected (it will reconnect and verify its cache)
-    /// rather than letting it hold up everyone or grow memory.
-    fn fan_out(inner: &Inner, message: &Arc<Message>, skip: Option<ClientId>) {
-        for (id, subscriber) in &inner.subscribers {
-            if Some(*id) == skip {
-                continue;
-            }
-            if let Err(mpsc::error::TrySendError::Full(_)) = subscriber
-                .outbound
-                .try_send(Outgoing::Shared(message.clone()))
+    pub fn disconnect_all_clients(&self) {
+        self.shared.disconnect_all_clients();
+    }
+
+    pub fn shutdown(&self) {
+        for backend in &self.backends {
+            backend.shutdown();
+        }
+    }
+}
+
+impl Shared {
+    fn optimal_count(&self) -> usize {
+        self.inner
+            .lock()
+            .members
+            .iter()
+            .filter(|m| m.health == Health::Optimal)
+            .count()
+    }
+
+    /// Takes a backend out of service. The degraded set is written to disk
+    /// first and only then changed in memory, so no commit can skip the
+    /// backend before the skip is recorded.
+    fn degrade(&self, index: usize, reason: &str) {
+        let name = &self.names[index];
+        let since = unix_now();
+        let mut persisted = self.persisted.lock();
+        if self.inner.lock().members[index].health != Health::Optimal {
+            return;
+        }
+        persisted.state.degraded.insert(
+            name.clone(),
+            DegradedRecord {
+                reason: reason.to_owned(),
+                since,
+            },
+        );
+        if let Err(e) = persisted.file.save(&persisted.state) {
+            error!(error = %e, "cannot save the RAID state; refusing commits from now on");
+            persisted.broken = Some(e.to_string());
+        }
+        let optimal = {
+            let mut inner = self.inner.lock();
+            inner.members[index].health = Health::Degraded {
+                reason: reason.to_owned(),
+                since,
+            };
+            inner
+                .members
+                .iter()
+                .filter(|m| m.health == Health::Optimal)
+                .count()
+        };
+        drop(persisted);
+        warn!(backend = %name, %reason, optimal, "backend degraded");
+        if optimal == 0 || (optimal < self.min_optimal && self.fail_mode == FailMode::Close) {
+            error!(
+                optimal,
+                min_optimal = self.min_optimal,
+                "RAID cannot serve clients; disconnecting them"
+            );
+            self.disconnect_all_clients();
+        }
+    }
+
+    /// Returns a backend to service when it is safe without recovery: no
+    /// backend was optimal (so nothing was committed since it left) and it
+    /// is back with exactly the last tid zeoraid committed.
+    fn readmit_if_current(&self, index: usize, last_tid: Tid) {
+        let mut persisted = self.persisted.lock();
+        {
+            let inner = self.inner.lock();
+            let none_optimal = inner.members.iter().all(|m| m.health != Health::Optimal);
+            if !none_optimal
+                || last_tid != inner.history.last_tid()
+                || inner.members[index].health == Health::Optimal
             {
-                warn!(
-                    client = id,
-                    "client is not reading its messages; disconnecting it"
-                );
-                subscriber.close.cancel();
+                return;
             }
         }
+        let name = &self.names[index];
+        persisted.state.degraded.remove(name);
+        if let Err(e) = persisted.file.save(&persisted.state) {
+            error!(error = %e, "cannot save the RAID state");
+            return;
+        }
+        self.inner.lock().members[index].health = Health::Optimal;
+        info!(backend = %name, %last_tid, "backend is back with every committed transaction; optimal again");
     }
 
     fn disconnect_all_clients(&self) {
@@ -307,72 +675,88 @@ impl CoreState {
     }
 }
 
-/// Receives the backend's events.
+/// Queues a message for clients. A client whose queue is full is not
+/// reading: it is disconnected (it will reconnect and verify its cache)
+/// rather than letting it hold up everyone or grow memory.
+fn fan_out(inner: &Inner, message: &Arc<Message>, skip: Option<ClientId>) {
+    for (id, subscriber) in &inner.subscribers {
+        if Some(*id) == skip {
+            continue;
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = subscriber
+            .outbound
+            .try_send(Outgoing::Shared(message.clone()))
+        {
+            warn!(
+                client = id,
+                "client is not reading its messages; disconnecting it"
+            );
+            subscriber.close.cancel();
+        }
+    }
+}
+
+/// Receives one backend's events.
 struct Observer {
-    state: std::sync::Weak<CoreState>,
+    shared: Weak<Shared>,
+    index: usize,
 }
 
 impl BackendObserver for Observer {
     fn connected(&self, backend: &str, last_tid: Tid) {
-        let Some(state) = self.state.upgrade() else {
+        let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        let mut inner = state.inner.lock();
-        if !inner.known_tid {
-            inner.known_tid = true;
-            inner.history.reset(last_tid);
-            drop(inner);
-            state.set_availability(Availability::Available);
-            return;
+        {
+            let mut inner = shared.inner.lock();
+            let member = &mut inner.members[self.index];
+            member.connected = true;
+            member.last_tid = Some(last_tid);
         }
-        let known = inner.history.last_tid();
-        drop(inner);
-        if last_tid == known {
-            info!(backend, "backend is back and up to date");
-            state.set_availability(Availability::Available);
-        } else if last_tid > known {
-            state.set_availability(Availability::CatchingUp(last_tid));
-        } else {
-            let reason = format!(
-                "backend {backend}'s last transaction {last_tid} is older than {known}, the last one zeoraid knows: its storage went back in time; refusing to use it"
-            );
-            error!("{reason}");
-            state.set_availability(Availability::Failed(reason));
+        shared.reported.notify_waiters();
+        if shared.started.load(Ordering::SeqCst) {
+            shared.readmit_if_current(self.index, last_tid);
+            if shared.inner.lock().members[self.index].health != Health::Optimal {
+                info!(backend, %last_tid, "backend is reachable again; it stays degraded until it is recovered");
+            }
         }
     }
 
-    fn disconnected(&self, backend: &str, reason: &str) {
-        let Some(state) = self.state.upgrade() else {
+    fn disconnected(&self, _backend: &str, reason: &str) {
+        let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        if matches!(*state.availability.borrow(), Availability::Failed(_)) {
-            return;
+        {
+            let mut inner = shared.inner.lock();
+            let member = &mut inner.members[self.index];
+            member.connected = false;
+            member.last_error = Some(reason.to_owned());
         }
-        state.set_availability(Availability::Unavailable(format!(
-            "backend {backend} is unreachable: {reason}"
-        )));
-        // With the only backend gone, clients get what a ZEO server going
-        // away gives them: a disconnect, and a reconnect when it is back.
-        state.disconnect_all_clients();
+        shared.reported.notify_waiters();
+        if shared.started.load(Ordering::SeqCst) {
+            shared.degrade(self.index, &format!("disconnected: {reason}"));
+        }
     }
 
     fn one_way(&self, backend: &str, message: Message) {
-        let Some(state) = self.state.upgrade() else {
+        let Some(shared) = self.shared.upgrade() else {
             return;
         };
         match message.name.as_str() {
             "invalidateTransaction" => {
-                // Another writer committed to the backend directly.
-                let mut args = message.args.into_seq().unwrap_or_default().into_iter();
-                let tid = args.next().as_ref().and_then(Tid::from_value);
-                let oids = args.next().and_then(|v| v.into_seq().ok());
-                match (tid, oids) {
-                    (Some(tid), Some(oids)) => {
-                        warn!(backend, %tid, "transaction committed on the backend by another client");
-                        state.publish(tid, oids, None, "foreign commit on the backend");
-                    }
-                    _ => warn!(backend, "malformed invalidateTransaction ignored"),
-                }
+                // zeoraid's connection commits its own transactions, so a
+                // backend only sends this for someone else's commit.
+                let tid = message
+                    .args
+                    .as_seq()
+                    .and_then(|args| args.first())
+                    .and_then(Tid::from_value)
+                    .unwrap_or_default();
+                error!(backend, %tid, "a transaction zeoraid did not commit appeared on the backend");
+                shared.degrade(
+                    self.index,
+                    &format!("transaction {tid} was committed on it by another client"),
+                );
             }
             "info" => {
                 let Some(info) = message
@@ -383,12 +767,12 @@ impl BackendObserver for Observer {
                 else {
                     return;
                 };
-                let mut inner = state.inner.lock();
+                let mut inner = shared.inner.lock();
                 inner.last_info = Some(info.clone());
                 // Outside a commit (after a pack) every client is told.
-                if !state.finishing.load(Ordering::SeqCst) {
+                if !shared.finishing.load(Ordering::SeqCst) {
                     let message = Arc::new(Message::one_way("info", vec![info]));
-                    CoreState::fan_out(&inner, &message, None);
+                    fan_out(&inner, &message, None);
                 }
             }
             other => warn!(
@@ -400,8 +784,17 @@ impl BackendObserver for Observer {
     }
 }
 
-impl From<CallError> for crate::protocol::ZeoError {
-    fn from(error: CallError) -> Self {
-        error.into_zeo_error()
-    }
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `2026-11-29T00:31:02Z`.
+fn iso_time(unix: u64) -> String {
+    let t = crate::protocol::tid::UtcTime::from_unix(unix as i64);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
+    )
 }

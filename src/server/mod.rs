@@ -1,6 +1,7 @@
 //! The ZEO front end: the listener, one session per client connection,
 //! and the graceful shutdown.
 
+mod forward;
 mod session;
 mod status;
 mod transaction;
@@ -16,10 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn, Instrument};
 
-use crate::backend::BackendSettings;
 use crate::config::{Config, Timeouts};
 use crate::protocol::{Encoding, Message, Outgoing, Value, ZeoError};
-use crate::raid::{Availability, Raid};
+use crate::raid::Raid;
 pub use transaction::ReplyTo;
 
 /// What every session needs to know from the configuration.
@@ -55,22 +55,7 @@ pub async fn serve(
         source,
     })?;
     let timeouts = config.timeouts.clone();
-    let backend = &config.backends[0];
-    let settings = BackendSettings {
-        name: backend.name.clone(),
-        address: backend.address.clone(),
-        storage: backend.storage.clone(),
-        connect_timeout: timeouts.connect(),
-        call_timeout: timeouts.call(),
-        heartbeat_interval: timeouts.heartbeat(),
-        max_frame_size: config.server.max_frame_size,
-    };
-    let core = Raid::start(
-        &config.server.storage,
-        settings,
-        config.server.invalidation_queue_size,
-    );
-    wait_for_backend(&core, timeouts.connect() + Duration::from_secs(1)).await?;
+    let core = Raid::start(&config).await.map_err(StartError::NoBackend)?;
 
     let frontend = Arc::new(FrontendSettings {
         announce: config.server.encoding,
@@ -101,32 +86,6 @@ pub async fn serve(
     core.shutdown();
     info!("zeoraid stopped");
     Ok(())
-}
-
-/// Waits for the first backend connection, so that a zeoraid that cannot
-/// reach any backend says so at start-up instead of refusing every client.
-async fn wait_for_backend(core: &Raid, timeout: Duration) -> Result<(), StartError> {
-    let mut availability = core.availability();
-    // Whether it settled or timed out, the state it is in now decides.
-    let _ = tokio::time::timeout(
-        timeout,
-        availability.wait_for(|a| matches!(a, Availability::Available | Availability::Failed(_))),
-    )
-    .await;
-    let state = availability.borrow().clone();
-    match state {
-        Availability::Available => Ok(()),
-        Availability::Unavailable(reason) | Availability::Failed(reason) => {
-            core.shutdown();
-            Err(StartError::NoBackend(reason))
-        }
-        Availability::CatchingUp(tid) => {
-            core.shutdown();
-            Err(StartError::NoBackend(format!(
-                "still catching up with backend tid {tid}"
-            )))
-        }
-    }
 }
 
 /// Accepts connections until shutdown; returns the tracker of the

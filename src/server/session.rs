@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::forward::{Read, Transform};
 use super::transaction::{ReplyTo, TransactionWorker, TxnCommand};
 use super::{send_reply, status, validate, FrontendSettings};
 use crate::backend::CallError;
@@ -89,10 +90,13 @@ pub async fn run(
         warn!(handshake = %String::from_utf8_lossy(&first[..first.len().min(32)]), "bad handshake: zeoraid speaks ZEO protocol 5 (M5 or Z5); closing");
         return;
     };
-    if !core.is_available() {
+    if !core.accepts_clients() {
         // A ZEO client retries the connection shortly; better than
         // registering it against a storage that cannot answer.
-        debug!("no backend available; refusing client");
+        info!(
+            status = core.status().as_str(),
+            "RAID cannot serve clients; refusing one"
+        );
         return;
     }
 
@@ -172,20 +176,21 @@ async fn write_loop(
     writer.shutdown().await;
 }
 
-/// Client-visible iterator ids mapped to the backend's: backend ids are
-/// per backend connection, shared by all clients, so clients must not see
-/// or guess each other's.
+/// Client-visible iterator ids mapped to the backend and the backend's id:
+/// an iterator lives on the backend it started on, and backend ids are per
+/// backend connection, shared by all clients, so clients must not see or
+/// guess each other's.
 #[derive(Default)]
 struct Iterators {
     next_id: i64,
-    to_backend: HashMap<i64, Value>,
+    to_backend: HashMap<i64, (usize, Value)>,
 }
 
 impl Iterators {
-    fn add(&mut self, backend_id: Value) -> i64 {
+    fn add(&mut self, member: usize, backend_id: Value) -> i64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.to_backend.insert(id, backend_id);
+        self.to_backend.insert(id, (member, backend_id));
         id
     }
 }
@@ -338,9 +343,10 @@ impl Session {
                         let answer = Value::Tuple(vec![latest.to_value(), Value::List(oids)]);
                         self.respond(name, reply, Ok(answer)).await
                     }
-                    // Older than zeoraid's history: the backend's own
-                    // queue may reach further back.
-                    Changes::Unknown => self.forward(reply, name, args, |v| v).await,
+                    // Older than zeoraid's history: the client must drop its
+                    // cache, as with a ZEO server. (A backend's own queue
+                    // cannot be trusted: a recovered backend's lacks oids.)
+                    Changes::Unknown => self.respond(name, reply, Ok(Value::None)).await,
                 }
             }
             "ping" => self.respond(name, reply, Ok(Value::None)).await,
@@ -360,10 +366,37 @@ impl Session {
             "getTid" | "history" | "record_iternext" | "undoLog" | "undoInfo" => {
                 self.forward(reply, name, args, |v| v).await
             }
-            "new_oids" => match self.writable() {
-                Ok(()) => self.forward(reply, name, args, |v| v).await,
-                Err(error) => self.respond(name, reply, Err(error)).await,
-            },
+            "new_oids" => {
+                let result = self
+                    .writable()
+                    .and_then(|()| self.core.new_oids(args.first().and_then(Value::as_int)));
+                self.respond(name, reply, result).await
+            }
+            "raid_status" => {
+                let status = Value::str(self.core.status().as_str());
+                self.respond(name, reply, Ok(status)).await
+            }
+            "raid_details" => {
+                let details = self
+                    .core
+                    .details()
+                    .into_iter()
+                    .map(|(name, text)| (Value::Str(name), Value::Str(text)))
+                    .collect();
+                self.respond(name, reply, Ok(Value::Dict(details))).await
+            }
+            "raid_disable" => {
+                let result = match args[0].as_str() {
+                    Some(backend) => {
+                        info!(backend, "operator disables backend");
+                        self.core.disable(backend).map(Value::Str)
+                    }
+                    None => Err(ZeoError::type_error(
+                        "raid_disable: the backend name must be a string",
+                    )),
+                };
+                self.respond(name, reply, result).await
+            }
             "new_oid" => {
                 let error =
                     ZeoError::attribute_error("'ZEOStorage' object has no attribute 'new_oid'");
@@ -371,15 +404,16 @@ impl Session {
             }
             "pack" => {
                 let timeout = self.settings.timeouts.pack();
-                self.forward_timeout(reply, name, args, timeout, |v| v)
+                self.forward_with(reply, name, args, timeout, Box::new(|_, v| v))
                     .await
             }
             "iterator_start" => {
                 let iterators = self.iterators.clone();
-                self.forward(reply, name, args, move |backend_id| {
-                    Value::Int(iterators.lock().add(backend_id))
-                })
-                .await
+                let transform: Transform = Box::new(move |member, backend_id| {
+                    Value::Int(iterators.lock().add(member, backend_id))
+                });
+                self.forward_with(reply, name, args, self.settings.timeouts.call(), transform)
+                    .await
             }
             "iterator_next" | "iterator_record_next" | "iterator_record_start" => {
                 self.iterator_call(name, args, reply).await
@@ -429,6 +463,10 @@ impl Session {
             return Err(ZeoError::value_error(format!("unknown storage: {storage}")));
         }
         self.read_only = args.get(1).is_some_and(Value::is_truthy);
+        if !self.read_only && self.core.is_read_only() {
+            // Clients with read_only_fallback then register read-only.
+            return Err(ZeoError::read_only());
+        }
         if !self.read_only {
             let (commands, queue) = mpsc::channel(TXN_QUEUE);
             let worker = TransactionWorker::new(
@@ -464,33 +502,55 @@ impl Session {
         reply: ReplyTo,
     ) -> Result<(), Close> {
         let client_id = args[0].as_int().expect("checked");
-        let backend_id = self.iterators.lock().to_backend.get(&client_id).cloned();
-        let Some(backend_id) = backend_id else {
+        let pinned = self.iterators.lock().to_backend.get(&client_id).cloned();
+        let Some((member, backend_id)) = pinned else {
             return self
                 .respond(name, reply, Err(ZeoError::key_error(Value::Int(client_id))))
                 .await;
         };
+        if !self.core.is_optimal(member) {
+            let backend = self.core.backend(member).name().to_owned();
+            let error = ZeoError::storage(format!(
+                "{name}: the iterator's backend {backend} was degraded; start a new iterator"
+            ));
+            return self.respond(name, reply, Err(error)).await;
+        }
         args[0] = backend_id;
         let iterators = self.iterators.clone();
-        if name == "iterator_record_start" {
-            return self
-                .forward(reply, name, args, move |riid| {
-                    Value::Int(iterators.lock().add(riid))
-                })
-                .await;
-        }
-        self.forward(reply, name, args, move |item| {
-            if item == Value::None {
-                // The backend forgot the exhausted iterator.
-                iterators.lock().to_backend.remove(&client_id);
+        let transform: Box<dyn FnOnce(Value) -> Value + Send> = if name == "iterator_record_start" {
+            Box::new(move |riid| Value::Int(iterators.lock().add(member, riid)))
+        } else {
+            Box::new(move |item| {
+                if item == Value::None {
+                    // The backend forgot the exhausted iterator.
+                    iterators.lock().to_backend.remove(&client_id);
+                }
+                item
+            })
+        };
+        let Ok(permit) = self.outbound.clone().reserve_owned().await else {
+            return Err("client queue closed".into());
+        };
+        let ReplyTo { msgid, wanted } = reply;
+        let handler = Box::new(move |result: Result<Value, CallError>| {
+            if wanted {
+                let message = match result {
+                    Ok(value) => Message::reply(msgid, transform(value)),
+                    Err(error) => error.into_zeo_error().into_reply(msgid),
+                };
+                permit.send(Outgoing::Owned(message));
             }
-            item
-        })
-        .await
+        });
+        let timeout = self.settings.timeouts.call();
+        self.core
+            .backend(member)
+            .call_with(name, args, timeout, handler)
+            .await;
+        Ok(())
     }
 
     async fn iterator_gc(&mut self, ids: &Value) {
-        let backend_ids: Vec<Value> = {
+        let dropped: Vec<(usize, Value)> = {
             let mut iterators = self.iterators.lock();
             ids.as_seq()
                 .unwrap_or_default()
@@ -499,21 +559,28 @@ impl Session {
                 .filter_map(|id| iterators.to_backend.remove(&id))
                 .collect()
         };
-        self.gc_backend_iterators(backend_ids).await;
+        self.gc_backend_iterators(dropped).await;
     }
 
-    async fn gc_backend_iterators(&self, backend_ids: Vec<Value>) {
-        if backend_ids.is_empty() {
-            return;
-        }
-        if let Some(backend) = self.core.read_backend() {
-            let _ = backend
-                .one_way("iterator_gc", vec![Value::List(backend_ids)])
-                .await;
+    /// Tells each backend which of its iterators this client dropped.
+    async fn gc_backend_iterators(&self, dropped: Vec<(usize, Value)>) {
+        for member in 0..self.core.backend_count() {
+            let ids: Vec<Value> = dropped
+                .iter()
+                .filter(|(m, _)| *m == member)
+                .map(|(_, id)| id.clone())
+                .collect();
+            if !ids.is_empty() && self.core.is_optimal(member) {
+                let _ = self
+                    .core
+                    .backend(member)
+                    .one_way("iterator_gc", vec![Value::List(ids)])
+                    .await;
+            }
         }
     }
 
-    /// Forwards a call to the backend with the default call timeout.
+    /// Forwards a read to an optimal backend with the default call timeout.
     async fn forward(
         &self,
         reply: ReplyTo,
@@ -522,25 +589,27 @@ impl Session {
         transform: impl FnOnce(Value) -> Value + Send + 'static,
     ) -> Result<(), Close> {
         let timeout = self.settings.timeouts.call();
-        self.forward_timeout(reply, method, args, timeout, transform)
-            .await
+        self.forward_with(
+            reply,
+            method,
+            args,
+            timeout,
+            Box::new(move |_, value| transform(value)),
+        )
+        .await
     }
 
-    /// Forwards a call; the backend's reply (passed through `transform`)
-    /// or its error is queued for the client straight from the backend
+    /// Forwards a read (see `forward::Read`): the reply, passed through
+    /// `transform`, is queued for the client straight from the backend
     /// connection's reader.
-    async fn forward_timeout(
+    async fn forward_with(
         &self,
         reply: ReplyTo,
         method: &str,
         args: Vec<Value>,
         timeout: Duration,
-        transform: impl FnOnce(Value) -> Value + Send + 'static,
+        transform: Transform,
     ) -> Result<(), Close> {
-        let Some(backend) = self.core.read_backend().cloned() else {
-            let error = ZeoError::storage("no backend is available");
-            return self.respond(method, reply, Err(error)).await;
-        };
         // Reserving room first bounds the replies in flight by the queue
         // size, and lets the handler queue without ever blocking the
         // backend's reader.
@@ -548,17 +617,19 @@ impl Session {
             return Err("client queue closed".into());
         };
         let ReplyTo { msgid, wanted } = reply;
-        let handler = Box::new(move |result: Result<Value, CallError>| {
-            if !wanted {
-                return;
-            }
-            let message = match result {
-                Ok(value) => Message::reply(msgid, transform(value)),
-                Err(error) => error.into_zeo_error().into_reply(msgid),
-            };
-            permit.send(Outgoing::Owned(message));
-        });
-        backend.call_with(method, args, timeout, handler).await;
+        Read {
+            core: self.core.clone(),
+            method: method.to_owned(),
+            args,
+            timeout,
+            msgid,
+            wanted,
+            permit,
+            transform,
+            attempts: 0,
+        }
+        .send()
+        .await;
         Ok(())
     }
 
@@ -567,12 +638,12 @@ impl Session {
     async fn end(&mut self) {
         self.core.unsubscribe(self.id);
         self.txn = None;
-        let leftover: Vec<Value> = self
+        let leftover: Vec<(usize, Value)> = self
             .iterators
             .lock()
             .to_backend
             .drain()
-            .map(|(_, v)| v)
+            .map(|(_, pinned)| pinned)
             .collect();
         self.gc_backend_iterators(leftover).await;
     }
@@ -589,7 +660,7 @@ fn check_arguments(name: &str, args: Vec<Value>) -> Result<Vec<Value>, ZeoError>
     use validate::{arity, id8, int, plain_data};
     let (min, max) = match name {
         "get_info" | "lastTransaction" | "ping" | "server_status" | "new_oid"
-        | "storeBlobStart" => (0, 0),
+        | "storeBlobStart" | "raid_status" | "raid_details" => (0, 0),
         "register" | "history" | "pack" => (1, 2),
         "getInvalidations"
         | "getTid"

@@ -3,8 +3,8 @@
 //! Each session has one transaction worker: a task that receives the
 //! session's transactional messages in order. tpc_begin and the write
 //! operations are only logged (ZEO does the same); at vote the worker takes
-//! the commit lock and replays the log to the backend under a backend
-//! transaction of its own, and the lock is held until finish or abort.
+//! the commit lock and the RAID core replays the log on every optimal
+//! backend (`raid::commit`); the lock is held until finish or abort.
 //! Holding the lock only from vote on keeps other clients' commits
 //! flowing while this one is still collecting its stores.
 
@@ -20,9 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::send_reply;
-use crate::backend::{Backend, CallError};
-use crate::protocol::{Message, Outgoing, Tid, Value, ZeoError};
-use crate::raid::{ClientId, Raid};
+use crate::protocol::{Message, Outgoing, Value, ZeoError};
+use crate::raid::{self, ClientId, Raid, VoteOutcome};
 
 /// Where a call's reply goes.
 pub struct ReplyTo {
@@ -70,11 +69,10 @@ struct Transaction {
     voted: Option<Voted>,
 }
 
-/// A transaction that passed vote on the backend and holds the lock.
+/// A transaction that passed vote on the backends and holds the lock.
 struct Voted {
     _lock: OwnedMutexGuard<()>,
-    backend: Backend,
-    backend_txn: i64,
+    raid: raid::Voted,
     /// Oids to invalidate in other clients when it commits.
     invalidated: Vec<Value>,
     /// When the lock is taken away from a client that neither finishes
@@ -238,59 +236,37 @@ impl TransactionWorker {
             return Err("client went away while waiting for the commit lock".to_owned());
         };
         stats.lock_time_ms.store(unix_millis(), Ordering::Relaxed);
-        let Some(backend) = self.core.write_backend().cloned() else {
-            self.end_transaction(false).await;
-            return Ok(Err(ZeoError::storage(
-                "no backend is available for writing",
-            )));
-        };
-        let backend_txn = self.core.next_backend_txn();
         let txn = self.txn.as_mut().expect("checked above");
         debug_assert_eq!(txn.id, current);
-        let outcome = replay(&backend, backend_txn, txn).await;
-        match outcome {
-            Ok(reply) => {
-                let entries = reply.as_seq().unwrap_or_default();
-                if entries.iter().any(|e| matches!(e, Value::Dict(_))) {
-                    // Conflicts for the client to resolve (a backend with
-                    // client-conflict-resolution): the backend released its
-                    // lock and keeps the log; we drop the backend transaction
-                    // and replay the whole, extended log at the next vote.
-                    let _ = backend
-                        .call("tpc_abort", vec![Value::Int(backend_txn)])
-                        .await;
-                    self.release_lock();
-                    return Ok(Ok(reply));
-                }
-                let invalidated = invalidated_oids(&txn.ops, entries);
+        match self.core.vote(&txn.begin, &txn.ops).await {
+            VoteOutcome::Voted(voted, reply) => {
+                let invalidated = invalidated_oids(&txn.ops, reply.as_seq().unwrap_or_default());
                 txn.voted = Some(Voted {
                     _lock: lock,
-                    backend,
-                    backend_txn,
+                    raid: voted,
                     invalidated,
                     deadline: Instant::now() + self.transaction_timeout,
                 });
                 self.holds_lock.send_replace(true);
                 Ok(Ok(reply))
             }
-            Err(CallError::Remote(error)) => {
-                // The backend discarded its transaction; ZEO discards the
-                // client's too.
+            VoteOutcome::Conflicts(reply) => {
+                // The client resolves them and votes again with its
+                // extended log; the backend transactions were aborted.
+                drop(lock);
+                self.release_lock();
+                Ok(Ok(reply))
+            }
+            VoteOutcome::Failed(error) => {
+                // ZEO discards a transaction whose vote failed.
                 if error.is_conflict() {
                     stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 }
                 debug!(client = self.client, %error, "vote failed");
                 drop(lock);
+                self.release_lock();
                 self.end_transaction(false).await;
                 Ok(Err(error))
-            }
-            Err(error) => {
-                // The backend may hold a half-done transaction: dropping the
-                // connection makes it abort.
-                backend.reset(&format!("vote failed: {error}"));
-                drop(lock);
-                self.end_transaction(false).await;
-                Ok(Err(error.into_zeo_error()))
             }
         }
     }
@@ -305,26 +281,15 @@ impl TransactionWorker {
                 "tpc_finish called before vote",
             )])));
         };
-        self.core.set_finishing(true);
-        let result = voted
-            .backend
-            .call("tpc_finish", vec![Value::Int(voted.backend_txn)])
-            .await;
-        self.core.set_finishing(false);
-        let tid = match result.as_ref().map(Tid::from_value) {
-            Ok(Some(tid)) => tid,
-            _ => {
-                // Whether the transaction committed is unknown: make the
-                // backend connection start over (zeoraid then checks the
-                // backend's last tid) and let the client see a disconnect.
-                let reason = match result {
-                    Err(error) => format!("tpc_finish failed: {error}"),
-                    Ok(value) => format!("tpc_finish returned {}", value.summary()),
-                };
-                voted.backend.reset(&reason);
-                drop(voted);
+        let tid = match self.core.finish(voted.raid).await {
+            Ok(tid) => tid,
+            Err(reason) => {
+                // Whether the transaction committed is unknown: the client
+                // sees a disconnect, as when a ZEO server goes away.
+                drop(voted._lock);
+                self.release_lock();
                 self.end_transaction(false).await;
-                return Err(reason);
+                return Err(format!("tpc_finish failed on every backend: {reason}"));
             }
         };
         self.core.committed(self.client, tid, voted.invalidated);
@@ -351,15 +316,9 @@ impl TransactionWorker {
         if let Some(voted) = txn.voted {
             if abort_backend {
                 self.core.stats().aborts.fetch_add(1, Ordering::Relaxed);
-                if let Err(error) = voted
-                    .backend
-                    .call("tpc_abort", vec![Value::Int(voted.backend_txn)])
-                    .await
-                {
-                    voted.backend.reset(&format!("tpc_abort failed: {error}"));
-                }
+                self.core.abort(voted.raid).await;
             }
-            drop(voted);
+            drop(voted._lock);
             self.release_lock();
         }
     }
@@ -368,25 +327,6 @@ impl TransactionWorker {
         self.core.stats().lock_time_ms.store(0, Ordering::Relaxed);
         self.holds_lock.send_replace(false);
     }
-}
-
-/// Sends the logged transaction to the backend and votes.
-async fn replay(
-    backend: &Backend,
-    backend_txn: i64,
-    txn: &Transaction,
-) -> Result<Value, CallError> {
-    let txn_value = Value::Int(backend_txn);
-    let mut begin = Vec::with_capacity(6);
-    begin.push(txn_value.clone());
-    begin.extend(txn.begin.iter().cloned());
-    backend.one_way("tpc_begin", begin).await?;
-    for (method, args) in &txn.ops {
-        let mut args = args.clone();
-        args.push(txn_value.clone());
-        backend.one_way(method, args).await?;
-    }
-    backend.call("vote", vec![txn_value]).await
 }
 
 /// The oids a commit invalidates, as ZEO lists them: every stored oid in
