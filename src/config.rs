@@ -65,6 +65,10 @@ pub struct ServerConfig {
     /// Log filter (tracing's env-filter syntax); RUST_LOG overrides it.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// A transaction logging more record data than this many bytes is
+    /// spooled to a temporary file, so memory stays bounded.
+    #[serde(default = "default_spool_threshold")]
+    pub spool_threshold: usize,
     /// Serve the RAID read-only: writable registrations get ReadOnlyError.
     #[serde(default)]
     pub read_only: bool,
@@ -178,6 +182,9 @@ fn default_max_frame_size() -> usize {
 }
 fn default_invalidation_queue_size() -> usize {
     100
+}
+fn default_spool_threshold() -> usize {
+    16 * 1024 * 1024
 }
 fn default_min_optimal() -> usize {
     1

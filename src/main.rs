@@ -28,8 +28,10 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Print the RAID state as one line, monitoring-plugin style; exit 0
-    /// optimal, 1 degraded or recovering, 2 failed, 3 unknown.
+    /// Print the RAID state in one line, as a monitoring plugin.
+    ///
+    /// Exit code 0 optimal, 1 degraded or recovering, 2 failed, 3 unknown
+    /// (unreachable, timed out, or an unexpected answer).
     Status {
         #[command(flatten)]
         target: TargetArgs,
@@ -39,7 +41,10 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
-    /// Take a backend out of service; exit 1 if zeoraid refuses.
+    /// Take a backend out of service.
+    ///
+    /// Prints zeoraid's confirmation; exit 1 if zeoraid refuses, 3 if it
+    /// cannot be asked.
     Disable {
         /// The backend's name, as in the configuration.
         name: String,

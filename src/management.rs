@@ -238,7 +238,8 @@ impl Session {
             match message.kind {
                 // A registered session receives invalidations and `info`
                 // for other clients' commits at any time: not errors, and
-                // nothing a management call needs.
+                // nothing a management call needs. ZEO servers make no
+                // calls to clients; one would be ignored the same way.
                 MessageKind::OneWay | MessageKind::Call => continue,
                 _ if message.is_heartbeat() => continue,
                 _ if message.msgid != Value::Int(msgid) => {

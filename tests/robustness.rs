@@ -651,3 +651,46 @@ impl std::fmt::Debug for BytesLiteral<'_> {
         write!(f, "'")
     }
 }
+
+#[test]
+fn spooled_transactions_reach_every_backend_intact() {
+    let a = ZeoServer::start(false);
+    let b = ZeoServer::start(true);
+    let mut config = support::ZeoraidConfig::new("pickle", &[&a, &b]);
+    config.extra_server = vec!["spool_threshold = 4096".to_owned()];
+    let zeoraid = ZeoraidProcess::start_with(env!("CARGO_BIN_EXE_zeoraid"), config);
+    let mut client = RawClient::registered(zeoraid.port(), Encoding::Pickle);
+    let oids = client.call("new_oids", vec![]).unwrap().as_seq().unwrap()[..20].to_vec();
+    client.one_way("tpc_begin", vec![Value::Int(1)]);
+    let record = |n: usize| Value::bytes(vec![n as u8; 10_000 + n]);
+    for (n, oid) in oids.iter().enumerate() {
+        client.one_way(
+            "storea",
+            vec![
+                oid.clone(),
+                Value::bytes(&Z64[..]),
+                record(n),
+                Value::Int(1),
+            ],
+        );
+    }
+    client.call("vote", vec![Value::Int(1)]).expect("vote");
+    let tid = client
+        .call("tpc_finish", vec![Value::Int(1)])
+        .expect("tpc_finish");
+    for port in [a.port(), b.port()] {
+        let mut direct = RawClient::registered(port, Encoding::Msgpack);
+        for (n, oid) in oids.iter().enumerate() {
+            let loaded = direct.load(oid);
+            assert_eq!(loaded.as_seq().unwrap()[0], record(n));
+            assert_eq!(loaded.as_seq().unwrap()[1], tid);
+        }
+    }
+    // No spool file is left in the state directory.
+    let leftovers: Vec<_> = std::fs::read_dir(zeoraid.state_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name != "raid-state.json")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

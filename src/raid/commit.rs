@@ -13,6 +13,7 @@
 use futures_util::future::join_all;
 use tracing::debug;
 
+use super::txnlog::TxnLog;
 use super::Raid;
 use crate::backend::{Backend, CallError};
 use crate::protocol::{Tid, Value, ZeoError};
@@ -44,11 +45,7 @@ impl Raid {
     /// Votes a logged transaction on every optimal backend. `begin` holds
     /// tpc_begin's user, description, extension, tid and status. Called
     /// under the commit lock.
-    pub async fn vote(
-        &self,
-        begin: &[Value; 5],
-        ops: &[(&'static str, Vec<Value>)],
-    ) -> VoteOutcome {
+    pub async fn vote(&self, begin: &[Value; 5], log: &TxnLog) -> VoteOutcome {
         let members = match self.write_members() {
             Ok(members) => members,
             Err(error) => return VoteOutcome::Failed(error),
@@ -79,7 +76,7 @@ impl Raid {
         let answers = join_all(
             voters
                 .iter()
-                .map(|voter| replay(voter, begin, tid, ops, timeout)),
+                .map(|voter| replay(voter, begin, tid, log, timeout)),
         )
         .await;
 
@@ -200,7 +197,7 @@ async fn replay(
     voter: &Voter,
     begin: &[Value; 5],
     tid: Tid,
-    ops: &[(&'static str, Vec<Value>)],
+    log: &TxnLog,
     timeout: std::time::Duration,
 ) -> Result<Value, CallError> {
     let backend = &voter.backend;
@@ -215,8 +212,13 @@ async fn replay(
         status.clone(),
     ];
     backend.one_way("tpc_begin", begin_args).await?;
-    for (method, args) in ops {
-        let mut args = args.clone();
+    let mut ops = log.reader();
+    loop {
+        let op = ops.next().await.map_err(|error| CallError::Disconnected {
+            backend: backend.name().to_owned(),
+            reason: format!("cannot read the spooled transaction: {error}"),
+        })?;
+        let Some((method, mut args)) = op else { break };
         args.push(txn.clone());
         backend.one_way(method, args).await?;
     }

@@ -15,6 +15,7 @@ pub mod invalidations;
 mod oids;
 mod state;
 mod stats;
+pub mod txnlog;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};

@@ -28,6 +28,10 @@ pub struct FrontendSettings {
     pub announce: Encoding,
     pub max_frame_size: usize,
     pub timeouts: Timeouts,
+    /// Transactions logging more record data than this are spooled to
+    /// anonymous temporary files in `spool_dir`.
+    pub spool_threshold: usize,
+    pub spool_dir: std::path::PathBuf,
 }
 
 /// Why the server could not start.
@@ -61,6 +65,8 @@ pub async fn serve(
         announce: config.server.encoding,
         max_frame_size: config.server.max_frame_size,
         timeouts: timeouts.clone(),
+        spool_threshold: config.server.spool_threshold,
+        spool_dir: config.server.state_dir.clone(),
     });
     info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         storage = %config.server.storage, "zeoraid serving");

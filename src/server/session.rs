@@ -475,7 +475,7 @@ impl Session {
                 self.outbound.clone(),
                 self.close.clone(),
                 self.holds_lock_tx.take().expect("register runs once"),
-                self.settings.timeouts.transaction(),
+                &self.settings,
             );
             tokio::spawn(worker.run(queue));
             self.txn = Some(commands);

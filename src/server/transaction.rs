@@ -9,6 +9,7 @@
 //! flowing while this one is still collecting its stores.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,8 +20,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::send_reply;
+use super::{send_reply, FrontendSettings};
 use crate::protocol::{Message, Outgoing, Value, ZeoError};
+use crate::raid::txnlog::TxnLog;
 use crate::raid::{self, ClientId, Raid, VoteOutcome};
 
 /// Where a call's reply goes.
@@ -65,7 +67,7 @@ struct Transaction {
     id: i64,
     /// tpc_begin's user, description, extension, tid and status.
     begin: [Value; 5],
-    ops: Vec<(&'static str, Vec<Value>)>,
+    log: TxnLog,
     voted: Option<Voted>,
 }
 
@@ -90,6 +92,9 @@ pub struct TransactionWorker {
     /// shutdown can wait for the commit to end.
     holds_lock: watch::Sender<bool>,
     transaction_timeout: Duration,
+    /// Logged data above this many bytes is spooled to a temporary file.
+    spool_threshold: usize,
+    spool_dir: PathBuf,
     txn: Option<Transaction>,
 }
 
@@ -100,7 +105,7 @@ impl TransactionWorker {
         outbound: mpsc::Sender<Outgoing>,
         close: CancellationToken,
         holds_lock: watch::Sender<bool>,
-        transaction_timeout: Duration,
+        settings: &FrontendSettings,
     ) -> TransactionWorker {
         TransactionWorker {
             core,
@@ -108,7 +113,9 @@ impl TransactionWorker {
             outbound,
             close,
             holds_lock,
-            transaction_timeout,
+            transaction_timeout: settings.timeouts.transaction(),
+            spool_threshold: settings.spool_threshold,
+            spool_dir: settings.spool_dir.clone(),
             txn: None,
         }
     }
@@ -163,7 +170,7 @@ impl TransactionWorker {
                     self.txn = Some(Transaction {
                         id: txn_id,
                         begin: [user, description, extension, tid, status],
-                        ops: Vec::new(),
+                        log: TxnLog::new(self.spool_threshold, self.spool_dir.clone()),
                         voted: None,
                     });
                     Ok(())
@@ -178,8 +185,9 @@ impl TransactionWorker {
                     if method == "storea" {
                         self.core.stats().stores.fetch_add(1, Ordering::Relaxed);
                     }
-                    txn.ops.push((method, args));
-                    Ok(())
+                    txn.log
+                        .push(method, args)
+                        .map_err(|error| format!("cannot spool the transaction: {error}"))
                 }
                 Some(txn) if txn.id == txn_id => Err(format!("{method} after vote")),
                 _ => Err(format!("{method} for transaction {txn_id}, which is not active")),
@@ -238,9 +246,10 @@ impl TransactionWorker {
         stats.lock_time_ms.store(unix_millis(), Ordering::Relaxed);
         let txn = self.txn.as_mut().expect("checked above");
         debug_assert_eq!(txn.id, current);
-        match self.core.vote(&txn.begin, &txn.ops).await {
+        match self.core.vote(&txn.begin, &txn.log).await {
             VoteOutcome::Voted(voted, reply) => {
-                let invalidated = invalidated_oids(&txn.ops, reply.as_seq().unwrap_or_default());
+                let invalidated =
+                    invalidated_oids(txn.log.stored_oids(), reply.as_seq().unwrap_or_default());
                 txn.voted = Some(Voted {
                     _lock: lock,
                     raid: voted,
@@ -332,13 +341,9 @@ impl TransactionWorker {
 /// The oids a commit invalidates, as ZEO lists them: every stored oid in
 /// log order (duplicates included), then the oids undo touched, which vote
 /// reports alongside the oids resolved by conflict resolution.
-fn invalidated_oids(ops: &[(&'static str, Vec<Value>)], vote_reply: &[Value]) -> Vec<Value> {
-    let mut oids: Vec<Value> = ops
-        .iter()
-        .filter(|(method, _)| *method == "storea")
-        .filter_map(|(_, args)| args.first().cloned())
-        .collect();
-    let stored: HashSet<Bytes> = oids.iter().filter_map(|o| o.as_bytes().cloned()).collect();
+fn invalidated_oids(stored: &[Value], vote_reply: &[Value]) -> Vec<Value> {
+    let mut oids = stored.to_vec();
+    let stored: HashSet<&Bytes> = stored.iter().filter_map(Value::as_bytes).collect();
     oids.extend(
         vote_reply
             .iter()
@@ -371,14 +376,9 @@ mod tests {
 
     #[test]
     fn invalidations_list_stores_then_undone_oids() {
-        let ops = vec![
-            ("storea", vec![oid(1), oid(0), Value::bytes(&b"x"[..])]),
-            ("deleteObject", vec![oid(5), oid(0)]),
-            ("storea", vec![oid(2), oid(0), Value::bytes(&b"y"[..])]),
-            ("undoa", vec![Value::bytes(&b"BA1T2ujHbt0="[..])]),
-        ];
+        let stored = vec![oid(1), oid(2)];
         // Vote reports oid 2 (resolved) and oid 3 (undone).
-        let oids = invalidated_oids(&ops, &[oid(2), oid(3)]);
+        let oids = invalidated_oids(&stored, &[oid(2), oid(3)]);
         assert_eq!(oids, vec![oid(1), oid(2), oid(3)]);
     }
 }
