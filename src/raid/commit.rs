@@ -186,6 +186,40 @@ impl Raid {
         Ok(voted.tid)
     }
 
+    /// Packs every optimal backend with the same arguments (the pack time
+    /// makes the result the same on each). A backend whose pack fails while
+    /// others succeed would keep history the others dropped: it is
+    /// degraded.
+    pub async fn pack(
+        &self,
+        args: Vec<Value>,
+        timeout: std::time::Duration,
+    ) -> Result<Value, ZeoError> {
+        let members = self.optimal_members();
+        let answers = join_all(
+            members
+                .iter()
+                .map(|(_, backend)| backend.call_timeout("pack", args.clone(), timeout)),
+        )
+        .await;
+        if answers.iter().all(Result::is_err) {
+            let first = answers.into_iter().next().and_then(Result::err);
+            return Err(first.map_or_else(
+                || ZeoError::storage("no optimal backend to pack"),
+                CallError::into_zeo_error,
+            ));
+        }
+        for ((index, _), answer) in members.iter().zip(&answers) {
+            if let Err(error) = answer {
+                self.degrade(
+                    *index,
+                    &format!("pack failed while the others packed: {error}"),
+                );
+            }
+        }
+        Ok(Value::None)
+    }
+
     /// Aborts a voted transaction on its backends.
     pub async fn abort(&self, voted: Voted) {
         join_all(voted.voters.iter().map(abort_backend)).await;

@@ -421,7 +421,7 @@ impl Raid {
         self.backends.len()
     }
 
-    fn optimal_members(&self) -> Vec<(usize, Backend)> {
+    pub(crate) fn optimal_members(&self) -> Vec<(usize, Backend)> {
         let inner = self.shared.inner.lock();
         inner
             .members

@@ -403,9 +403,15 @@ impl Session {
                 self.respond(name, reply, Err(error)).await
             }
             "pack" => {
+                // Packs run for minutes: the session goes on meanwhile.
+                let core = self.core.clone();
+                let outbound = self.outbound.clone();
                 let timeout = self.settings.timeouts.pack();
-                self.forward_with(reply, name, args, timeout, Box::new(|_, v| v))
-                    .await
+                tokio::spawn(async move {
+                    let result = core.pack(args, timeout).await;
+                    send_reply(&outbound, reply, result).await;
+                });
+                Ok(())
             }
             "iterator_start" => {
                 let iterators = self.iterators.clone();
