@@ -276,8 +276,13 @@ fn huge_length_prefix_closes_only_that_connection() {
 #[test]
 fn protocol_misuse_gets_errors_or_closes_that_client() {
     let mut rig = Rig::start();
-    // Unknown methods: an error reply, and the connection stays usable.
+    // get_info names zeoraid's storage and its extension methods.
     let mut client = RawClient::registered(rig.port(), Encoding::Msgpack);
+    let info = client.call("get_info", vec![]).unwrap();
+    assert_eq!(info.dict_get("name"), Some(&Value::str("zeoraid:1")));
+    let methods = info.dict_get("extensionMethods").unwrap();
+    assert!(methods.dict_get("raid_status").is_some(), "{methods:?}");
+    // Unknown methods: an error reply, and the connection stays usable.
     let error = client.call("no_such_method", vec![]).unwrap_err();
     assert_eq!(error.0, "builtins.AttributeError");
     assert_eq!(client.call("ping", vec![]), Ok(Value::None));
@@ -635,7 +640,33 @@ fn a_lone_backend_that_comes_back_changed_is_refused() {
     }
     let (mut refused, _) = RawClient::connect(zeoraid.port());
     refused.send_raw(b"M5");
+    refused.send(&Message::call(
+        1,
+        "register",
+        vec![Value::str("1"), Value::Bool(false)],
+    ));
     assert!(refused.is_closed_by_server());
+    // Monitoring still gets through, read-only, and learns why.
+    let (mut monitor, _) = RawClient::connect(zeoraid.port());
+    monitor.send_raw(b"M5");
+    assert!(monitor
+        .call("register", vec![Value::str("1"), Value::Bool(true)])
+        .is_ok());
+    assert_eq!(
+        monitor.call("raid_status", vec![]),
+        Ok(Value::str("failed"))
+    );
+    let details = monitor.call("raid_details", vec![]).unwrap();
+    let a = details
+        .dict_get("a")
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_owned();
+    assert!(a.starts_with("degraded: disconnected"), "{a}");
+    let (class, _) = monitor
+        .call("loadBefore", vec![oid.clone(), before.clone()])
+        .unwrap_err();
+    assert_eq!(class, "ZODB.POSException.StorageError");
     assert!(zeoraid.is_running());
 }
 

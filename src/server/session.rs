@@ -90,16 +90,6 @@ pub async fn run(
         warn!(handshake = %String::from_utf8_lossy(&first[..first.len().min(32)]), "bad handshake: zeoraid speaks ZEO protocol 5 (M5 or Z5); closing");
         return;
     };
-    if !core.accepts_clients() {
-        // A ZEO client retries the connection shortly; better than
-        // registering it against a storage that cannot answer.
-        info!(
-            status = core.status().as_str(),
-            "RAID cannot serve clients; refusing one"
-        );
-        return;
-    }
-
     let close = CancellationToken::new();
     let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
     let writer_task = tokio::spawn(write_loop(
@@ -115,6 +105,7 @@ pub async fn run(
     let (holds_lock_tx, holds_lock) = watch::channel(false);
     let mut session = Session {
         id,
+        management_only: false,
         encoding,
         core: core.clone(),
         settings,
@@ -197,6 +188,9 @@ impl Iterators {
 
 struct Session {
     id: ClientId,
+    /// Registered while the RAID could not serve clients: only status and
+    /// management calls are answered.
+    management_only: bool,
     /// The encoding the client chose at the handshake.
     encoding: Encoding,
     core: Arc<Raid>,
@@ -324,8 +318,30 @@ impl Session {
                 if self.registered {
                     return Err("register called twice".into());
                 }
+                let read_only = args.get(1).is_some_and(Value::is_truthy);
+                if !self.core.accepts_clients() {
+                    if !read_only {
+                        // A ZEO client retries the connection shortly;
+                        // better than registering it against a storage
+                        // that cannot answer.
+                        return Err(format!(
+                            "RAID is {}: refusing clients",
+                            self.core.status().as_str()
+                        ));
+                    }
+                    // Read-only registrations are let in for monitoring:
+                    // `zeoraid status` must be able to say "failed".
+                    self.management_only = true;
+                }
                 let result = self.register(&args);
                 self.respond(name, reply, result).await
+            }
+            method if self.management_only && !MANAGEMENT_ONLY_METHODS.contains(&method) => {
+                let error = ZeoError::storage(format!(
+                    "the RAID is {}: no backend can serve {method}",
+                    self.core.status().as_str()
+                ));
+                self.respond(name, reply, Err(error)).await
             }
             "get_info" => {
                 let storage = self.core.storage_name().to_owned();
@@ -764,14 +780,35 @@ fn transaction_command(name: &str, mut args: Vec<Value>, reply: ReplyTo) -> TxnC
     }
 }
 
-/// The backend's `get_info`, made zeoraid's: its storage name, and no blob
+/// zeoraid's management methods, callable over the ZEO protocol.
+const EXTENSION_METHODS: [&str; 3] = ["raid_status", "raid_details", "raid_disable"];
+
+/// What a session registered while the RAID cannot serve may call.
+const MANAGEMENT_ONLY_METHODS: [&str; 6] = [
+    "raid_status",
+    "raid_details",
+    "raid_disable",
+    "ping",
+    "server_status",
+    "lastTransaction",
+];
+
+/// The backend's `get_info`, made zeoraid's: its storage name, its
+/// extension methods (listed as older ZEO servers did), and no blob
 /// interfaces while zeoraid cannot carry blobs.
 fn own_info(info: Value, storage: &str) -> Value {
     let Value::Dict(items) = info else {
         return info;
     };
+    let extension_methods = Value::Dict(
+        EXTENSION_METHODS
+            .iter()
+            .map(|name| (Value::str(*name), Value::None))
+            .collect(),
+    );
     let items = items
         .into_iter()
+        .filter(|(key, _)| key.as_str() != Some("extensionMethods"))
         .map(|(key, value)| match key.as_str() {
             Some("name") => (key, Value::Str(format!("zeoraid:{storage}"))),
             Some("interfaces") => {
@@ -788,6 +825,7 @@ fn own_info(info: Value, storage: &str) -> Value {
             }
             _ => (key, value),
         })
+        .chain([(Value::str("extensionMethods"), extension_methods)])
         .collect();
     Value::Dict(items)
 }
