@@ -725,3 +725,108 @@ fn spooled_transactions_reach_every_backend_intact() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// How a fake backend misbehaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    None,
+    /// Votes with an extra (made-up) resolved oid.
+    DifferentVote,
+    /// Reports another tid at tpc_finish.
+    DifferentTid,
+}
+
+/// A fake ZEO server, just enough for commits and loads, that can
+/// misbehave; runs on its own thread until the process ends.
+fn fake_backend(fault: Fault) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || serve_fake(stream, fault));
+        }
+    });
+    port
+}
+
+fn serve_fake(stream: TcpStream, fault: Fault) {
+    let mut client = RawClient {
+        stream,
+        encoding: Encoding::Pickle,
+        next_msgid: 1,
+    };
+    client.send_raw(b"Z5");
+    if client.read_frame().is_none() {
+        return;
+    }
+    let mut tid = Value::bytes(&Z64[..]);
+    let mut next_oid = 1u64;
+    while let Some(frame) = client.read_frame() {
+        let Ok(message) = client.encoding.decode(&Bytes::from(frame)) else {
+            return;
+        };
+        let args = message.args.as_seq().unwrap_or_default().to_vec();
+        let answer = match message.name.as_str() {
+            "register" | "lastTransaction" => tid.clone(),
+            "tpc_begin" => {
+                tid = args[4].clone();
+                continue;
+            }
+            "vote" if fault == Fault::DifferentVote => {
+                Value::List(vec![Value::bytes(vec![0, 0, 0, 0, 0, 0, 0, 99])])
+            }
+            "vote" => Value::List(vec![]),
+            "tpc_finish" if fault == Fault::DifferentTid => Value::bytes(vec![1u8; 8]),
+            "tpc_finish" => tid.clone(),
+            "new_oids" => {
+                next_oid += 100;
+                Value::List(vec![Value::bytes(next_oid.to_be_bytes().to_vec())])
+            }
+            _ if message.kind == MessageKind::OneWay => continue,
+            _ => Value::None,
+        };
+        client.send(&Message::reply(message.msgid, answer));
+    }
+}
+
+fn state_of(client: &mut RawClient, backend: &str) -> String {
+    let details = client.call("raid_details", vec![]).unwrap();
+    details
+        .dict_get(backend)
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn backends_that_answer_differently_are_degraded() {
+    let mut config = support::ZeoraidConfig::new("msgpack", &[]);
+    config.backends = vec![
+        ("a".into(), fake_backend(Fault::None), "1".into()),
+        ("b".into(), fake_backend(Fault::None), "1".into()),
+        ("c".into(), fake_backend(Fault::DifferentVote), "1".into()),
+        ("d".into(), fake_backend(Fault::DifferentTid), "1".into()),
+    ];
+    let zeoraid = ZeoraidProcess::start_with(env!("CARGO_BIN_EXE_zeoraid"), config);
+    let mut client = RawClient::registered(zeoraid.port(), Encoding::Msgpack);
+    let (_, tid) = client.commit(1, b"seen differently");
+    assert_eq!(tid.as_bytes().unwrap().len(), 8);
+    assert_ne!(tid, Value::bytes(vec![1u8; 8]), "the odd tid must not win");
+    let c = state_of(&mut client, "c");
+    assert!(c.starts_with("degraded: answered vote differently"), "{c}");
+    let d = state_of(&mut client, "d");
+    assert!(d.starts_with("degraded: tpc_finish returned"), "{d}");
+    assert_eq!(state_of(&mut client, "a"), "optimal");
+    assert_eq!(state_of(&mut client, "b"), "optimal");
+    assert_eq!(
+        client.call("raid_status", vec![]),
+        Ok(Value::str("degraded"))
+    );
+    // The degraded set is on disk.
+    let state = std::fs::read_to_string(zeoraid.state_dir().join("raid-state.json")).unwrap();
+    assert!(
+        state.contains("\"c\"") && state.contains("\"d\"") && !state.contains("\"a\""),
+        "{state}"
+    );
+}
