@@ -121,6 +121,9 @@ struct Shared {
     /// Set once start-up has decided every backend's health; before that,
     /// connects and disconnects are only recorded.
     started: AtomicBool,
+    /// Set when zeoraid shuts down: the backend connections it closes then
+    /// are not failures.
+    stopping: AtomicBool,
     /// Wakes start-up when a backend reports.
     reported: Notify,
     /// Set while a tpc_finish is in flight: the `info` backends send then
@@ -181,6 +184,7 @@ impl Raid {
                 broken: None,
             }),
             started: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             reported: Notify::new(),
             finishing: AtomicBool::new(false),
             min_optimal: config.server.min_optimal,
@@ -289,22 +293,25 @@ impl Raid {
                     }
                 }
             }
-            // Record the verdicts before serving anything.
-            for (index, member) in inner.members.iter().enumerate() {
-                if let Health::Degraded { reason, since } = &member.health {
-                    persisted.state.degraded.insert(
-                        shared.names[index].clone(),
-                        DegradedRecord {
-                            reason: reason.clone(),
-                            since: *since,
-                        },
-                    );
+            // Record the verdicts before serving anything; a start-up that
+            // cannot serve records nothing, so that the backends it could
+            // not reach are judged afresh next time.
+            if newest.is_some() {
+                for (index, member) in inner.members.iter().enumerate() {
+                    if let Health::Degraded { reason, since } = &member.health {
+                        persisted.state.degraded.insert(
+                            shared.names[index].clone(),
+                            DegradedRecord {
+                                reason: reason.clone(),
+                                since: *since,
+                            },
+                        );
+                    }
                 }
+                persisted.file.save(&persisted.state).map_err(|e| {
+                    format!("cannot write {}: {e}", persisted.file.path().display())
+                })?;
             }
-            persisted
-                .file
-                .save(&persisted.state)
-                .map_err(|e| format!("cannot write {}: {e}", persisted.file.path().display()))?;
             if let Some(newest) = newest {
                 inner.history.reset(newest);
             }
@@ -583,6 +590,7 @@ impl Raid {
     }
 
     pub fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
         for backend in &self.backends {
             backend.shutdown();
         }
@@ -734,7 +742,7 @@ impl BackendObserver for Observer {
             member.last_error = Some(reason.to_owned());
         }
         shared.reported.notify_waiters();
-        if shared.started.load(Ordering::SeqCst) {
+        if shared.started.load(Ordering::SeqCst) && !shared.stopping.load(Ordering::SeqCst) {
             shared.degrade(self.index, &format!("disconnected: {reason}"));
         }
     }

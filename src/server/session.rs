@@ -33,6 +33,13 @@ use crate::raid::{Changes, ClientId, Raid};
 /// that client alone); broadcasts that find it full disconnect the client.
 const OUTBOUND_QUEUE: usize = 1024;
 
+/// How long a client the RAID cannot serve waits before it is refused.
+const REFUSAL_PAUSE: Duration = Duration::from_secs(1);
+
+/// The close reason of a refused client (logged quietly: the RAID's state
+/// change was logged loudly already).
+const REFUSED: &str = "the RAID cannot serve clients: refused";
+
 /// Transactional messages queued for the worker.
 const TXN_QUEUE: usize = 256;
 
@@ -120,7 +127,9 @@ pub async fn run(
     };
     let reason = session.serve(&mut reader, holds_lock, shutdown).await;
     match reason.as_str() {
-        "client disconnected" | "session closed" => debug!(%reason, "client connection ended"),
+        "client disconnected" | "session closed" | REFUSED => {
+            debug!(%reason, "client connection ended")
+        }
         _ => info!(%reason, "client connection closed"),
     }
     session.end().await;
@@ -321,13 +330,10 @@ impl Session {
                 let read_only = args.get(1).is_some_and(Value::is_truthy);
                 if !self.core.accepts_clients() {
                     if !read_only {
-                        // A ZEO client retries the connection shortly;
-                        // better than registering it against a storage
-                        // that cannot answer.
-                        return Err(format!(
-                            "RAID is {}: refusing clients",
-                            self.core.status().as_str()
-                        ));
+                        // A ZEO client retries at once: the pause keeps a
+                        // refused client from reconnecting in a tight loop.
+                        tokio::time::sleep(REFUSAL_PAUSE).await;
+                        return Err(REFUSED.to_owned());
                     }
                     // Read-only registrations are let in for monitoring:
                     // `zeoraid status` must be able to say "failed".
