@@ -1,12 +1,20 @@
 //! ZODB's storage conformance tests (ZEO's FileStorageTests + ZODB's
 //! HistoryStorage, ~107 tests) run by real ClientStorage clients through
-//! zeoraid, each test with a fresh backend ZEO server and a fresh zeoraid.
+//! zeoraid, each test with fresh backend ZEO servers and a fresh zeoraid.
 //! The work is done by `tests/python/conformance.py`; see its docstring.
+//!
+//! With one backend zeoraid is a transparent proxy; with two and three
+//! (`conformance_two_backends`, `conformance_three_backends`) it mirrors
+//! every commit, and after each test the backends' Data.fs files are read
+//! directly (not through ZEO) and must hold the identical history
+//! (transactions and records, field by field, and the last tid); a backend
+//! degraded during a test fails it too.
 //!
 //! The configurations run one at a time (they are timing-sensitive and the
 //! machine has 2 cores). `conformance_direct_control` (ignored by default)
 //! runs the same tests without zeoraid: if it fails, the rig or the machine
-//! is at fault, not zeoraid.
+//! is at fault, not zeoraid. `conformance_mixed_backends` (ignored by
+//! default) mirrors to backends of both encodings.
 
 mod support;
 
@@ -50,6 +58,50 @@ fn conformance_front_msgpack_backend_msgpack() {
     conformance(&[
         "--frontend-encoding",
         "msgpack",
+        "--backend-encoding",
+        "msgpack",
+    ]);
+}
+
+/// Mirroring to two backends; their histories are compared after each test.
+#[test]
+fn conformance_two_backends() {
+    conformance(&[
+        "--backends",
+        "2",
+        "--frontend-encoding",
+        "msgpack",
+        "--backend-encoding",
+        "pickle",
+    ]);
+}
+
+/// Mirroring to three backends; their histories are compared after each
+/// test.
+#[test]
+fn conformance_three_backends() {
+    conformance(&[
+        "--backends",
+        "3",
+        "--frontend-encoding",
+        "pickle",
+        "--backend-encoding",
+        "msgpack",
+    ]);
+}
+
+/// Three backends of both encodings (a and c msgpack, b pickle) behind a
+/// pickle front end: the backends' answers must agree across encodings.
+#[test]
+#[ignore = "mixed backend encodings (~75 s); known zeoraid failures as of this writing: \
+            cargo test --test conformance -- --ignored conformance_mixed_backends"]
+fn conformance_mixed_backends() {
+    conformance(&[
+        "--backends",
+        "3",
+        "--mixed",
+        "--frontend-encoding",
+        "pickle",
         "--backend-encoding",
         "msgpack",
     ]);

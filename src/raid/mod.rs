@@ -146,7 +146,6 @@ pub struct Raid {
     /// Round-robin position for reads.
     read_cursor: AtomicUsize,
     read_only: bool,
-    call_timeout: Duration,
     commit_timeout: Duration,
 }
 
@@ -221,7 +220,6 @@ impl Raid {
             next_backend_txn: AtomicI64::new(1),
             read_cursor: AtomicUsize::new(0),
             read_only: config.server.read_only,
-            call_timeout: timeouts.call(),
             commit_timeout: timeouts.commit(),
         });
         raid.wait_for_backends(timeouts.connect() + Duration::from_millis(500))
@@ -363,10 +361,6 @@ impl Raid {
 
     pub fn is_read_only(&self) -> bool {
         self.read_only
-    }
-
-    pub fn call_timeout(&self) -> Duration {
-        self.call_timeout
     }
 
     pub fn commit_timeout(&self) -> Duration {

@@ -13,12 +13,30 @@ zeoraid in front of it; the test's ClientStorage (and every extra client a
 test opens) connects to zeoraid. With --direct the clients connect straight
 to the ZEO server: the control run, which must pass on any machine.
 
+With --backends N (default 1) each test starts N fresh ZEO servers
+(backends a, b, c, ...), each serving its own FileStorage, all in the
+--backend-encoding, or with --mixed alternating between the two encodings
+(starting with --backend-encoding), and one zeoraid mirroring to all of
+them. After each test (clients closed, zeoraid and the servers stopped) the
+backends' Data.fs files are read directly, not through ZEO, with
+`zeoraid_testing.compare_histories` (FileStorage read-only + iterator()):
+every transaction's (tid, status, user, description, extension) and every
+record's (oid, tid, data, data_txn), and the last tids, must be identical
+on all backends; the first difference fails the test (in its tearDown) and
+the backends' files are copied into the test's log directory. So does a
+backend that zeoraid degraded before it was stopped (its log says `backend
+degraded`), as nothing here breaks a backend on purpose. The summary
+then says how much was compared, e.g. `compared 1234 transactions (2345
+records) on 2 backends after 107 tests`, and after which tests the files
+were not byte-identical as well (information, not a failure).
+
 Test methods: ZEO's mixins use the `check` prefix, ZODB>=6's mixins the
 `test` prefix; both are collected (as ZEO's own test_suite() does).
 
 Usage:
   conformance.py [--frontend-encoding msgpack|pickle]
                  [--backend-encoding pickle|msgpack] [--direct]
+                 [--backends N] [--mixed]
                  [-k PATTERN]... [-v] [--long] [--list] [--keep]
                  [--test-timeout S] [--max-seconds S]
 
@@ -27,7 +45,8 @@ test still running after --test-timeout (120 s) gets its zeoraid killed,
 and the run is aborted (thread stacks dumped) if that does not end it;
 tests not started within --max-seconds (600 s) count as failed. On failure
 each problem is printed with the tail of that test's zeoraid log, and the
-run directory (all zeoraid logs, python.log) is kept.
+run directory (per test NNN-name/: zeoraid.toml, zeoraid.log, and after a
+history mismatch the backends' Data-<name>.fs; python.log) is kept.
 
 Exit status 0 iff no test failed or errored (and at least one ran). The
 last line of output is always the summary:
@@ -58,6 +77,9 @@ from ZODB.tests import StorageTestBase  # noqa: E402
 import ZEO.tests.testZEO as testZEO  # noqa: E402
 from ZEO.ClientStorage import ClientStorage  # noqa: E402
 from ZEO.tests import forker  # noqa: E402
+# Imported here, once, rather than in every forked ZEO server (forker's
+# runner imports it): halves a server's start-up time.
+import ZEO.runzeo  # noqa: E402,F401
 
 
 # ZEO's ClientStorage leaves coroutines un-awaited when a call meets a
@@ -70,6 +92,8 @@ class Options:
     """Set from the command line before the tests run."""
     frontend_encoding = 'msgpack'
     backend_encoding = 'pickle'
+    backends = 1
+    mixed = False
     direct = False
     run_dir = None
     test_timeout = 120.0
@@ -107,11 +131,36 @@ LONG_SKIP_REASON = ('long_test (level 2): zope.testrunner skips it by '
                     'default too; run with --long')
 
 
+def backend_names():
+    return [chr(ord('a') + i) for i in range(Options.backends)]
+
+
+def backend_encodings():
+    """The encoding of each backend, in backend_names() order."""
+    first = Options.backend_encoding
+    if not Options.mixed:
+        return [first] * Options.backends
+    other = 'msgpack' if first == 'pickle' else 'pickle'
+    return [first if i % 2 == 0 else other for i in range(Options.backends)]
+
+
+class HistoryTotals:
+    """What the after-test history checks compared, over the whole run."""
+    tests = 0
+    transactions = 0
+    records = 0
+    not_byte_identical = []
+    mismatches = []
+    degraded = []
+
+
 class ZeoraidConformanceTests(testZEO.FileStorageTests,
                               HistoryStorage.HistoryStorage):
     """FileStorageTests + HistoryStorage, through zeoraid."""
 
     _zeoraid = None
+    _backends = ()
+    _workdir = None
     _setup_seconds = 0.0
     _teardown_seconds = 0.0
 
@@ -124,22 +173,38 @@ class ZeoraidConformanceTests(testZEO.FileStorageTests,
         # A fresh temp dir as cwd (removed in tearDown).
         StorageTestBase.StorageTestBase.setUp(self)
         self._servers = []
+        self._backends = []
         try:
-            zconf = forker.ZEOConfig(('127.0.0.1', 0))
-            if Options.backend_encoding == 'msgpack':
-                zconf.msgpack = 'true'
-            addr, stop = forker.start_zeo_server(
-                self.getConfig(), zconf, debug=self.server_debug)
-            self._servers.append(stop)
-            if not Options.direct:
+            if Options.direct:
+                zconf = forker.ZEOConfig(('127.0.0.1', 0))
+                if Options.backend_encoding == 'msgpack':
+                    zconf.msgpack = 'true'
+                addr, stop = forker.start_zeo_server(
+                    self.getConfig(), zconf, debug=self.server_debug)
+                self._servers.append(stop)
+            else:
                 name = '%03d-%s' % (next(_test_counter), self._testMethodName)
+                self._workdir = os.path.join(Options.run_dir, name)
+                # One ZEO server per backend, each with its own FileStorage
+                # in this test's temp dir (the cwd), kept when stopped so
+                # that tearDown can compare the files.
+                cwd = os.path.abspath(os.getcwd())
+                for bname, encoding in zip(backend_names(),
+                                           backend_encodings()):
+                    backend = zt.Backend(
+                        encoding=encoding, storage='1',
+                        directory=os.path.join(cwd, f'backend-{bname}'),
+                        keep=True)
+                    backend.name = bname
+                    backend.start()
+                    self._backends.append(backend)
+                    self._servers.append(backend.stop)
                 self._zeoraid = zt.Zeoraid(
-                    backends=[('a', addr, '1')],
+                    backends=[(b.name, b, '1') for b in self._backends],
                     storage='1',
                     encoding=Options.frontend_encoding,
-                    workdir=os.path.join(Options.run_dir, name))
-                # Stopped first in tearDown (GenericTestBase.tearDown calls
-                # each of self._servers in order).
+                    workdir=self._workdir)
+                # Stopped first in tearDown, before the backends.
                 self._servers.insert(0, self._zeoraid.stop)
                 addr = self._zeoraid.start()
             self.blob_cache_dir = tempfile.mkdtemp(
@@ -167,11 +232,77 @@ class ZeoraidConformanceTests(testZEO.FileStorageTests,
             self._setup_seconds = time.monotonic() - start
 
     def tearDown(self):
+        # As GenericTestBase.tearDown, but every server is stopped even if
+        # closing the client or stopping another fails, and the backends'
+        # histories are compared once all are stopped, before the temp dir
+        # with their files goes away.
         start = time.monotonic()
         try:
-            super().tearDown()
+            errors = []
+            try:
+                self._storage.close()
+            except Exception as e:
+                errors.append(e)
+            # zeoraid first (in self._servers[0]), then the backends, all
+            # at once.
+            backend_stops = {b.stop for b in self._backends}
+            for stop in self._servers:
+                if stop not in backend_stops:
+                    try:
+                        stop()
+                    except Exception as e:
+                        errors.append(e)
+            try:
+                zt.stop_backends(self._backends)
+            except Exception as e:
+                errors.append(e)
+            if errors:
+                raise errors[0]
+            if len(self._backends) > 1:
+                self._check_backend_histories()
         finally:
-            self._teardown_seconds = time.monotonic() - start
+            try:
+                StorageTestBase.StorageTestBase.tearDown(self)
+            finally:
+                self._teardown_seconds = time.monotonic() - start
+
+    def _check_backend_histories(self):
+        """Fails the test unless all backends hold the identical history,
+        and unless every backend stayed optimal until zeoraid was stopped
+        (nothing in this suite breaks a backend on purpose, so a degraded
+        backend means a false disagreement or a timeout)."""
+        files = [(b.name, b.path) for b in self._backends]
+        degraded = self._zeoraid.degradations() if self._zeoraid else []
+        try:
+            comparison = zt.compare_histories(files)
+        except zt.HistoryMismatch as e:
+            kept = self._keep_backend_files()
+            HistoryTotals.mismatches.append(self._testMethodName)
+            raise zt.HistoryMismatch(
+                'backends differ after the test (read from their files): '
+                f'{e}' + (f'\n(backend files kept in {kept})' if kept else '')
+                + ''.join('\n' + line for line in degraded)
+            ) from None
+        HistoryTotals.tests += 1
+        HistoryTotals.transactions += comparison.transactions
+        HistoryTotals.records += comparison.records
+        if comparison.byte_identical is False:
+            HistoryTotals.not_byte_identical.append(self._testMethodName)
+        if degraded:
+            HistoryTotals.degraded.append(self._testMethodName)
+            raise AssertionError(
+                'a backend was degraded during the test (histories still '
+                'agree):\n' + '\n'.join(degraded))
+
+    def _keep_backend_files(self):
+        if not self._workdir:
+            return None
+        os.makedirs(self._workdir, exist_ok=True)
+        for backend in self._backends:
+            if os.path.exists(backend.path):
+                shutil.copy(backend.path, os.path.join(
+                    self._workdir, f'Data-{backend.name}.fs'))
+        return self._workdir
 
 
 def _counter():
@@ -375,10 +506,20 @@ def print_problems(result):
 def print_summary(result, elapsed):
     n_passed = len(result.passed)
     n_skipped = len(result.skipped)
-    mode = ('direct (no zeoraid), backend ' + Options.backend_encoding
-            if Options.direct else
-            f'zeoraid front {Options.frontend_encoding}, '
-            f'backend {Options.backend_encoding}')
+    if Options.direct:
+        mode = 'direct (no zeoraid), backend ' + Options.backend_encoding
+    elif Options.backends == 1:
+        mode = (f'zeoraid front {Options.frontend_encoding}, '
+                f'backend {Options.backend_encoding}')
+    else:
+        encodings = backend_encodings()
+        if len(set(encodings)) == 1:
+            what = encodings[0]
+        else:
+            what = ' '.join(f'{n}={e}' for n, e in
+                            zip(backend_names(), encodings))
+        mode = (f'zeoraid front {Options.frontend_encoding}, '
+                f'{Options.backends} backends {what}')
     line = f'{mode}; ran {result.testsRun} in {elapsed:.1f}s'
     if result.overheads:
         mean = sum(result.overheads) / len(result.overheads)
@@ -386,6 +527,21 @@ def print_summary(result, elapsed):
     print(line)
     for test, reason in result.skipped:
         print(f'skipped {test._testMethodName}: {reason}')
+    if Options.backends > 1 and not Options.direct:
+        print(f'compared {HistoryTotals.transactions} transactions '
+              f'({HistoryTotals.records} records) on {Options.backends} '
+              f'backends after {HistoryTotals.tests} tests'
+              + (f'; histories DIFFERED after '
+                 f'{len(HistoryTotals.mismatches)} tests: '
+                 + ', '.join(HistoryTotals.mismatches)
+                 if HistoryTotals.mismatches else
+                 '; histories identical'))
+        if HistoryTotals.degraded:
+            print('a backend was degraded (histories agreed) during: '
+                  + ', '.join(HistoryTotals.degraded))
+        if HistoryTotals.not_byte_identical:
+            print('files not byte-identical (histories equal) after: '
+                  + ', '.join(HistoryTotals.not_byte_identical))
     if result.n_failed and Options.run_dir:
         print(f'logs kept in {Options.run_dir}')
     print(f'conformance: {n_passed} passed, {result.n_failed} failed, '
@@ -399,6 +555,13 @@ def main(argv=None):
     global START
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     zt.add_encoding_options(parser)
+    parser.add_argument('--backends', type=int, default=1, metavar='N',
+                        help='backend ZEO servers behind zeoraid (default '
+                             '1); with 2 or more their histories are '
+                             'compared after each test')
+    parser.add_argument('--mixed', action='store_true',
+                        help='backends alternate between the encodings, '
+                             'starting with --backend-encoding')
     parser.add_argument('-k', dest='patterns', action='append', default=[],
                         help='only tests whose name matches (substring or '
                              'fnmatch pattern; repeatable)')
@@ -416,7 +579,14 @@ def main(argv=None):
     parser.add_argument('--list', action='store_true',
                         help='list the selected tests and exit')
     args = parser.parse_args(argv)
+    if args.backends < 1 or args.backends > 26:
+        parser.error('--backends must be between 1 and 26')
+    if args.direct and (args.backends != 1 or args.mixed):
+        parser.error('--direct runs against one ZEO server: no --backends '
+                     'or --mixed')
 
+    Options.backends = args.backends
+    Options.mixed = args.mixed
     Options.frontend_encoding = args.frontend_encoding
     Options.backend_encoding = args.backend_encoding
     Options.direct = args.direct

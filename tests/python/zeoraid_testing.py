@@ -10,6 +10,10 @@
   SIGKILL after a timeout); its stderr/stdout go to `zeoraid.log` in the work
   directory, readable with `log()` / `log_tail()` for failure messages.
 * `free_port`, `wait_for_port`, `wait_until`.
+* `compare_histories`: reads several FileStorage files directly (read-only,
+  not through ZEO) and checks that they hold the identical history, as the
+  backends of one zeoraid must; raises `HistoryMismatch` naming the first
+  difference (backends, transaction, record, field).
 
 Every zeoraid started here and still running when the interpreter exits (also
 on SIGTERM, see `_install_sigterm_handler`) is killed, so a test run that is
@@ -219,6 +223,34 @@ class Backend:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def stop_backends(backends, timeout=30):
+    """Stops several `Backend`s at once (each in its own thread: stopping
+    one takes some tens of ms). Every backend is stopped; the first
+    exception, if any, is raised afterwards."""
+    import threading
+    backends = list(backends)
+    if len(backends) <= 1:
+        for backend in backends:
+            backend.stop(timeout)
+        return
+    errors = []
+
+    def stop(backend):
+        try:
+            backend.stop(timeout)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=stop, args=(b,), daemon=True,
+                                name='stop-backend') for b in backends]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 # --------------------------------------------------------------------------
@@ -468,6 +500,20 @@ class Zeoraid:
                 ] if len(text) > lines else []
         return '\n'.join(head + tail)
 
+    def degradations(self, include_shutdown=False):
+        """The log lines saying that a backend was degraded, e.g. because it
+        answered differently from the others or timed out. Those logged
+        while zeoraid shuts down (its backends are disconnected then) are
+        left out unless include_shutdown."""
+        lines = []
+        for line in self.log().splitlines():
+            if not include_shutdown and 'SIGTERM received' in line:
+                break
+            if 'backend degraded' in line and (
+                    include_shutdown or 'shutting down' not in line):
+                lines.append(line)
+        return lines
+
     def cleanup(self):
         """Stops zeoraid and removes the work dir if it was created here."""
         self.stop()
@@ -482,6 +528,210 @@ class Zeoraid:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+# --------------------------------------------------------------------------
+# Backend histories, compared from the files
+
+
+class HistoryMismatch(AssertionError):
+    """Backends' FileStorages that do not hold the identical history."""
+
+
+class HistoryComparison:
+    """What `compare_histories` compared.
+
+    names: the backends' names, the reference first.
+    transactions, records: how many transactions and data records were
+      compared (counted once, not once per backend).
+    last_tid: the (common) last tid, 8 bytes.
+    byte_identical: whether the files are byte for byte identical too (None
+      if not checked). The history can agree while the bytes do not, e.g.
+      after packs that ran at different moments relative to commits.
+    """
+
+    def __init__(self, names):
+        self.names = list(names)
+        self.transactions = 0
+        self.records = 0
+        self.last_tid = None
+        self.byte_identical = None
+
+    def __repr__(self):
+        return (f'<HistoryComparison {",".join(self.names)}: '
+                f'{self.transactions} transactions, {self.records} records, '
+                f'last tid {format_tid(self.last_tid)}, '
+                f'byte_identical={self.byte_identical}>')
+
+
+def format_tid(tid):
+    """A tid as hex plus its UTC time, e.g. `03ef...(2024-05-01 10:00:00.5)`."""
+    if tid is None:
+        return 'None'
+    if not isinstance(tid, bytes) or len(tid) != 8:
+        return repr(tid)
+    try:
+        from ZODB.TimeStamp import TimeStamp
+        ts = TimeStamp(tid)
+        when = '%04d-%02d-%02d %02d:%02d:%09.6f' % (
+            ts.year(), ts.month(), ts.day(), ts.hour(), ts.minute(),
+            ts.second())
+        return f'{tid.hex()} ({when})'
+    except Exception:
+        return tid.hex()
+
+
+def _format_value(value):
+    if isinstance(value, bytes):
+        if len(value) <= 48:
+            return repr(value)
+        import hashlib
+        digest = hashlib.sha1(value).hexdigest()[:12]
+        return f'<{len(value)} bytes, sha1 {digest}, starts {value[:32]!r}>'
+    if value is None:
+        return 'None'
+    return repr(value)
+
+
+def _format_field(field, value):
+    text = _format_value(value)
+    if field in ('tid', 'oid', 'data_txn') and isinstance(value, bytes):
+        text = format_tid(value) if field != 'oid' else value.hex()
+    if field == 'extension' and isinstance(value, bytes) and value:
+        try:
+            import zodbpickle.pickle
+            text += f' = {zodbpickle.pickle.loads(value)!r}'
+        except Exception:
+            pass
+    return text
+
+
+_TXN_FIELDS = ('tid', 'status', 'user', 'description', 'extension')
+_RECORD_FIELDS = ('oid', 'tid', 'data', 'data_txn')
+
+
+def _txn_fields(txn):
+    return {
+        'tid': txn.tid,
+        'status': txn.status,
+        'user': txn.user,
+        'description': txn.description,
+        # The raw bytes stored in the file (what FileIterator read).
+        'extension': txn.extension_bytes,
+    }
+
+
+def _record_fields(record):
+    return {
+        'oid': record.oid,
+        'tid': record.tid,
+        'data': record.data,
+        'data_txn': record.data_txn,
+    }
+
+
+def compare_histories(backends, check_bytes=True):
+    """Checks that FileStorage files hold the identical history.
+
+    backends: a list of (name, path), e.g. [('a', '/x/a/Data.fs'), ...]; the
+      first is the reference. The files are opened with
+      `ZODB.FileStorage.FileStorage(path, read_only=True)`, so the servers
+      writing them should be stopped (or at least quiescent).
+
+    Compared, in file order: every transaction's (tid, status, user,
+    description, extension bytes) and, per transaction, every data record's
+    (oid, tid, data, data_txn); then the storages' lastTransaction(). With
+    check_bytes, the files are also compared byte for byte, which only sets
+    `byte_identical` in the result (not an error).
+
+    Returns a `HistoryComparison`; raises `HistoryMismatch` describing the
+    first difference (earliest transaction, then record, then field).
+    """
+    from ZODB.FileStorage import FileStorage
+    if len(backends) < 1:
+        raise ValueError('compare_histories needs at least one backend')
+    names = [name for name, _ in backends]
+    result = HistoryComparison(names)
+    storages = []
+    try:
+        for name, path in backends:
+            if not os.path.exists(path):
+                raise HistoryMismatch(f'backend {name}: no file {path}')
+            storages.append(FileStorage(path, read_only=True))
+        iterators = [iter(fs.iterator()) for fs in storages]
+        ref = names[0]
+        index = 0
+        while True:
+            txns = [next(it, None) for it in iterators]
+            if all(t is None for t in txns):
+                break
+            if any(t is None for t in txns):
+                present = [(n, t) for n, t in zip(names, txns) if t is not None]
+                absent = [n for n, t in zip(names, txns) if t is None]
+                raise HistoryMismatch(
+                    f'transaction #{index}: backend(s) {", ".join(absent)} '
+                    f'end after {index} transactions, but '
+                    + '; '.join(f'{n} has tid {format_tid(t.tid)}'
+                                for n, t in present))
+            fields = [_txn_fields(t) for t in txns]
+            for field in _TXN_FIELDS:
+                ref_value = fields[0][field]
+                for name, f in zip(names[1:], fields[1:]):
+                    if f[field] != ref_value:
+                        raise HistoryMismatch(
+                            f'transaction #{index} (tid on {ref} '
+                            f'{format_tid(fields[0]["tid"])}): field '
+                            f'{field!r} differs: {ref}={_format_field(field, ref_value)}'
+                            f' {name}={_format_field(field, f[field])}')
+            tid = fields[0]['tid']
+            records = [list(t) for t in txns]
+            counts = [len(r) for r in records]
+            for r_index in range(max(counts)):
+                row = [r[r_index] if r_index < len(r) else None
+                       for r in records]
+                if any(r is None for r in row):
+                    raise HistoryMismatch(
+                        f'transaction #{index} (tid {format_tid(tid)}): '
+                        'record counts differ: '
+                        + ', '.join(f'{n}={c}' for n, c in zip(names, counts))
+                        + f'; first unmatched record #{r_index}: '
+                        + ', '.join(
+                            f'{n} oid {r.oid.hex()}' if r is not None
+                            else f'{n} none'
+                            for n, r in zip(names, row)))
+                rfields = [_record_fields(r) for r in row]
+                for field in _RECORD_FIELDS:
+                    ref_value = rfields[0][field]
+                    for name, f in zip(names[1:], rfields[1:]):
+                        if f[field] != ref_value:
+                            raise HistoryMismatch(
+                                f'transaction #{index} (tid {format_tid(tid)}'
+                                f'), record #{r_index} (oid on {ref} '
+                                f'{rfields[0]["oid"].hex()}): field {field!r} '
+                                f'differs: {ref}={_format_field(field, ref_value)}'
+                                f' {name}={_format_field(field, f[field])}')
+            result.transactions += 1
+            result.records += counts[0]
+            index += 1
+        last = [fs.lastTransaction() for fs in storages]
+        for name, tid in zip(names[1:], last[1:]):
+            if tid != last[0]:
+                raise HistoryMismatch(
+                    f'lastTransaction differs: {ref}={format_tid(last[0])} '
+                    f'{name}={format_tid(tid)}')
+        result.last_tid = last[0]
+    finally:
+        for fs in storages:
+            try:
+                fs.close()
+            except Exception:
+                pass
+    if check_bytes:
+        import filecmp
+        result.byte_identical = all(
+            filecmp.cmp(backends[0][1], path, shallow=False)
+            for _, path in backends[1:])
+    return result
 
 
 def add_encoding_options(parser, direct=True):
