@@ -76,26 +76,11 @@ fn conformance_two_backends() {
     ]);
 }
 
-/// Mirroring to three backends; their histories are compared after each
-/// test.
+/// Mirroring to three backends of both encodings (a and c msgpack, b
+/// pickle) behind a pickle front end: the backends' answers must agree
+/// across encodings, and their histories are compared after each test.
 #[test]
-fn conformance_three_backends() {
-    conformance(&[
-        "--backends",
-        "3",
-        "--frontend-encoding",
-        "pickle",
-        "--backend-encoding",
-        "msgpack",
-    ]);
-}
-
-/// Three backends of both encodings (a and c msgpack, b pickle) behind a
-/// pickle front end: the backends' answers must agree across encodings.
-#[test]
-#[ignore = "mixed backend encodings (~75 s); known zeoraid failures as of this writing: \
-            cargo test --test conformance -- --ignored conformance_mixed_backends"]
-fn conformance_mixed_backends() {
+fn conformance_three_mixed_backends() {
     conformance(&[
         "--backends",
         "3",

@@ -186,15 +186,23 @@ impl Raid {
         Ok(voted.tid)
     }
 
-    /// Packs every optimal backend with the same arguments (the pack time
-    /// makes the result the same on each). A backend whose pack fails while
-    /// others succeed would keep history the others dropped: it is
-    /// degraded.
+    /// Packs every optimal backend with the same pack time, holding the
+    /// commit lock until every pack is done. FileStorage packs what its file
+    /// holds when the packer starts and treats later transactions as
+    /// references from the future: a commit landing during the pack would
+    /// fall before that point on one backend and after it on another, and
+    /// the packed histories would differ. Correctness first: commits wait
+    /// for the pack. A backend whose pack fails while others succeed would
+    /// keep history the others dropped: it is degraded.
     pub async fn pack(
         &self,
         args: Vec<Value>,
         timeout: std::time::Duration,
     ) -> Result<Value, ZeoError> {
+        let _commits = self.lock_commits().await;
+        // Always wait for the backends' packs, whatever the client asked:
+        // the lock must cover them.
+        let args = vec![args.first().cloned().unwrap_or(Value::None), Value::Int(1)];
         let members = self.optimal_members();
         let answers = join_all(
             members
@@ -299,8 +307,14 @@ fn same_answer(a: &Result<Value, CallError>, b: &Result<Value, CallError>) -> bo
 }
 
 /// Equality as a client sees it: lists and tuples alike (msgpack backends
-/// cannot tell them apart).
+/// cannot tell them apart), and exceptions nested in error payloads alike
+/// whether pickled (`_recon(cls, state)`) or sent as msgpack pairs.
 fn same_value(a: &Value, b: &Value) -> bool {
+    if let (Some((class_a, state_a)), Some((class_b, state_b))) =
+        (nested_exception(a), nested_exception(b))
+    {
+        return class_a == class_b && same_state(state_a, state_b);
+    }
     match (a.as_seq(), b.as_seq()) {
         (Some(a), Some(b)) => a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same_value(a, b)),
         (None, None) => match (a, b) {
@@ -314,6 +328,51 @@ fn same_value(a: &Value, b: &Value) -> bool {
         },
         _ => false,
     }
+}
+
+/// An exception nested in an error payload: `(class name, state dict)`.
+/// The pickle form is `_recon(cls, state)`; the msgpack form the pair
+/// `("module.Class", state)`.
+fn nested_exception(value: &Value) -> Option<(String, &Value)> {
+    match value {
+        Value::Reduce(call) => {
+            let (Value::Global { name, .. }, args) = &**call else {
+                return None;
+            };
+            let args = args.as_seq()?;
+            match (name.as_str(), args) {
+                ("_recon", [Value::Global { module, name }, state @ Value::Dict(_)]) => {
+                    Some((format!("{module}.{name}"), state))
+                }
+                _ => None,
+            }
+        }
+        Value::Tuple(items) | Value::List(items) => match items.as_slice() {
+            [Value::Str(class), state @ Value::Dict(_)]
+                if class.contains('.') && class.ends_with("Error") =>
+            {
+                Some((class.clone(), state))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Exception states compared without `args`, which only the pickle form
+/// carries.
+fn same_state(a: &Value, b: &Value) -> bool {
+    let entries = |v: &'_ Value| -> Vec<(Value, Value)> {
+        match v {
+            Value::Dict(items) => items
+                .iter()
+                .filter(|(k, _)| k.as_str() != Some("args"))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    same_value(&Value::Dict(entries(a)), &Value::Dict(entries(b)))
 }
 
 fn describe(answer: &Result<Value, CallError>) -> String {
@@ -352,6 +411,38 @@ mod tests {
             Some(0)
         );
         assert_eq!(majority::<()>(&[]), None);
+    }
+
+    #[test]
+    fn nested_exceptions_compare_alike_in_both_encodings() {
+        let state = |with_args: bool| {
+            let mut items = vec![
+                (Value::str("_reason"), Value::str("Can't undo")),
+                (Value::str("_oid"), Value::bytes(vec![0u8; 8])),
+            ];
+            if with_args {
+                items.push((Value::str("args"), Value::Tuple(vec![])));
+            }
+            Value::Dict(items)
+        };
+        let global = |module: &str, name: &str| Value::Global {
+            module: module.into(),
+            name: name.into(),
+        };
+        let pickled = Value::Reduce(Box::new((
+            global("ZODB.POSException", "_recon"),
+            Value::Tuple(vec![global("ZODB.POSException", "UndoError"), state(true)]),
+        )));
+        let msgpacked = Value::Tuple(vec![
+            Value::str("ZODB.POSException.UndoError"),
+            state(false),
+        ]);
+        assert!(same_value(&pickled, &msgpacked));
+        let other = Value::Tuple(vec![
+            Value::str("ZODB.POSException.POSKeyError"),
+            state(false),
+        ]);
+        assert!(!same_value(&pickled, &other));
     }
 
     #[test]

@@ -385,9 +385,17 @@ impl Session {
                 self.core.stats().loads.fetch_add(1, Ordering::Relaxed);
                 self.forward(reply, name, args, |v| v).await
             }
-            "getTid" | "history" | "record_iternext" | "undoLog" | "undoInfo" => {
-                self.forward(reply, name, args, |v| v).await
+            // A pickle ZEO server answers these with lists, a msgpack one
+            // with arrays that decode as tuples: one form, whichever
+            // backend answered.
+            "history" | "undoLog" | "undoInfo" => {
+                self.forward(reply, name, args, |v| match v {
+                    Value::Tuple(items) => Value::List(items),
+                    other => other,
+                })
+                .await
             }
+            "getTid" | "record_iternext" => self.forward(reply, name, args, |v| v).await,
             "new_oids" => {
                 let result = self
                     .writable()
@@ -429,8 +437,22 @@ impl Session {
                 let core = self.core.clone();
                 let outbound = self.outbound.clone();
                 let timeout = self.settings.timeouts.pack();
+                // pack(t, wait=0) is answered at once, as ZEO does.
+                let wait = args.get(1).is_none_or(Value::is_truthy);
+                let reply = if wait {
+                    reply
+                } else {
+                    send_reply(&self.outbound, reply, Ok(Value::None)).await;
+                    ReplyTo {
+                        msgid: Value::None,
+                        wanted: false,
+                    }
+                };
                 tokio::spawn(async move {
                     let result = core.pack(args, timeout).await;
+                    if let Err(error) = &result {
+                        warn!(%error, "pack failed");
+                    }
                     send_reply(&outbound, reply, result).await;
                 });
                 Ok(())

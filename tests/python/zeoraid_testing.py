@@ -9,6 +9,8 @@
   subprocess on a free port; waits for the port; stops it (SIGTERM, then
   SIGKILL after a timeout); its stderr/stdout go to `zeoraid.log` in the work
   directory, readable with `log()` / `log_tail()` for failure messages.
+  `degradations()` lists the log lines of backends it degraded.
+* `stop_backends`: stops several `Backend`s at once.
 * `free_port`, `wait_for_port`, `wait_until`.
 * `compare_histories`: reads several FileStorage files directly (read-only,
   not through ZEO) and checks that they hold the identical history, as the
@@ -108,13 +110,18 @@ def _check_encoding(encoding):
         raise ValueError(f'encoding must be one of {ENCODINGS}, not {encoding!r}')
 
 
+# A relative ZEORAID_BIN is relative to the directory the tests were started
+# in, not to wherever a test has since chdir'ed (ZODB's tests do).
+_START_CWD = os.getcwd()
+
+
 def zeoraid_binary():
     """The zeoraid binary: env ZEORAID_BIN, else target/debug/zeoraid."""
     path = os.environ.get('ZEORAID_BIN')
     if not path:
         here = os.path.dirname(os.path.abspath(__file__))
         path = os.path.join(here, '..', '..', 'target', 'debug', 'zeoraid')
-    path = os.path.abspath(path)
+    path = os.path.abspath(os.path.join(_START_CWD, path))
     if not os.access(path, os.X_OK):
         raise RuntimeError(
             f'zeoraid binary not found at {path}: build it (cargo build) or '
