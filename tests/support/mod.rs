@@ -18,6 +18,8 @@
 //! failing test unwinds).
 #![allow(dead_code)]
 
+pub mod raw_client;
+
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
