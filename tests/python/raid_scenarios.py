@@ -113,18 +113,12 @@ def check(condition, message):
 
 
 def poll(predicate, timeout, what):
-    """Polls predicate() until true (returned); ScenarioFailure after
-    `timeout` s naming `what`."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise ScenarioFailure(f'timed out after {timeout} s: {what}')
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.1)
+    """zeoraid_testing.wait_until, failing the scenario (ScenarioFailure)
+    instead of raising a bare AssertionError."""
+    try:
+        return zt.wait_until(predicate, timeout, what=what)
+    except AssertionError as error:
+        raise ScenarioFailure(str(error)) from None
 
 
 def tid_hex(tid):
