@@ -103,13 +103,8 @@ def note(*args):
     print(*args, flush=True)
 
 
-class ScenarioFailure(AssertionError):
-    pass
-
-
-def check(condition, message):
-    if not condition:
-        raise ScenarioFailure(message)
+ScenarioFailure = zt.ScenarioFailure
+check = zt.check
 
 
 def poll(predicate, timeout, what):

@@ -53,13 +53,8 @@ def say(*args):
         print(*args, flush=True)
 
 
-class ScenarioFailure(AssertionError):
-    pass
-
-
-def check(condition, message):
-    if not condition:
-        raise ScenarioFailure(message)
+ScenarioFailure = zt.ScenarioFailure
+check = zt.check
 
 
 class Setup:

@@ -62,6 +62,16 @@ def port_accepts(port, host='127.0.0.1'):
         return False
 
 
+class ScenarioFailure(AssertionError):
+    """A scenario's expectation did not hold."""
+
+
+def check(condition, message):
+    """Fails the scenario with `message` unless `condition` holds."""
+    if not condition:
+        raise ScenarioFailure(message)
+
+
 def wait_until(predicate, timeout, interval=0.01, what='condition'):
     """Polls `predicate` until it returns a true value, which is returned.
 
