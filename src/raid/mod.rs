@@ -436,12 +436,22 @@ impl Raid {
     /// The backend for the next read: optimal backends in turn, so read
     /// load is shared.
     pub fn read_member(&self) -> Option<(usize, Backend)> {
-        let optimal = self.optimal_members();
-        if optimal.is_empty() {
+        // On every read: pick under the lock without collecting the
+        // optimal backends into a list.
+        let inner = self.shared.inner.lock();
+        let is_optimal = |m: &MemberState| m.health == Health::Optimal;
+        let count = inner.members.iter().filter(|m| is_optimal(m)).count();
+        if count == 0 {
             return None;
         }
-        let turn = self.read_cursor.fetch_add(1, Ordering::Relaxed);
-        Some(optimal[turn % optimal.len()].clone())
+        let turn = self.read_cursor.fetch_add(1, Ordering::Relaxed) % count;
+        let (index, _) = inner
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| is_optimal(m))
+            .nth(turn)?;
+        Some((index, self.backends[index].clone()))
     }
 
     /// The backends a commit goes to, or why there is none to go to.
