@@ -248,8 +248,11 @@ impl TransactionWorker {
         debug_assert_eq!(txn.id, current);
         match self.core.vote(&txn.begin, &txn.log).await {
             VoteOutcome::Voted(voted, reply) => {
-                let invalidated =
+                let (invalidated, resolved) =
                     invalidated_oids(txn.log.stored_oids(), reply.as_seq().unwrap_or_default());
+                stats
+                    .conflicts_resolved
+                    .fetch_add(resolved, Ordering::Relaxed);
                 txn.voted = Some(Voted {
                     _lock: lock,
                     raid: voted,
@@ -340,17 +343,18 @@ impl TransactionWorker {
 
 /// The oids a commit invalidates, as ZEO lists them: every stored oid in
 /// log order (duplicates included), then the oids undo touched, which vote
-/// reports alongside the oids resolved by conflict resolution.
-fn invalidated_oids(stored: &[Value], vote_reply: &[Value]) -> Vec<Value> {
+/// reports alongside the oids resolved by conflict resolution. Also returns
+/// how many of vote's oids were stored ones: the conflicts the backends
+/// resolved.
+fn invalidated_oids(stored: &[Value], vote_reply: &[Value]) -> (Vec<Value>, u64) {
     let mut oids = stored.to_vec();
     let stored: HashSet<&Bytes> = stored.iter().filter_map(Value::as_bytes).collect();
-    oids.extend(
-        vote_reply
-            .iter()
-            .filter(|oid| oid.as_bytes().is_some_and(|b| !stored.contains(b)))
-            .cloned(),
-    );
-    oids
+    let (resolved, undone): (Vec<&Value>, Vec<&Value>) = vote_reply
+        .iter()
+        .filter(|oid| oid.as_bytes().is_some())
+        .partition(|oid| oid.as_bytes().is_some_and(|b| stored.contains(b)));
+    oids.extend(undone.into_iter().cloned());
+    (oids, resolved.len() as u64)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -378,7 +382,8 @@ mod tests {
     fn invalidations_list_stores_then_undone_oids() {
         let stored = vec![oid(1), oid(2)];
         // Vote reports oid 2 (resolved) and oid 3 (undone).
-        let oids = invalidated_oids(&stored, &[oid(2), oid(3)]);
+        let (oids, resolved) = invalidated_oids(&stored, &[oid(2), oid(3)]);
         assert_eq!(oids, vec![oid(1), oid(2), oid(3)]);
+        assert_eq!(resolved, 1);
     }
 }
