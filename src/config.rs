@@ -36,6 +36,8 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub timeouts: Timeouts,
+    #[serde(default)]
+    pub recovery: RecoverySettings,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendConfig>,
 }
@@ -160,6 +162,36 @@ impl Timeouts {
     }
 }
 
+/// Online recovery (`zeoraid recover NAME`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoverySettings {
+    /// Transactions copied per second at most; 0 for no limit. Each live
+    /// commit during a recovery allows one more, so a recovery always
+    /// catches up.
+    pub transactions_per_second: u64,
+    /// Record bytes copied per second at most; 0 for no limit.
+    pub bytes_per_second: u64,
+    /// Seconds between progress lines in the log.
+    pub progress_interval: f64,
+}
+
+impl Default for RecoverySettings {
+    fn default() -> RecoverySettings {
+        RecoverySettings {
+            transactions_per_second: 0,
+            bytes_per_second: 0,
+            progress_interval: 10.0,
+        }
+    }
+}
+
+impl RecoverySettings {
+    pub fn progress_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.progress_interval)
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
@@ -258,6 +290,13 @@ impl Config {
                     format!("must be a positive number of seconds, not {value}"),
                 ));
             }
+        }
+        let interval = self.recovery.progress_interval;
+        if !(interval.is_finite() && interval > 0.0 && interval < 1e9) {
+            return Err(invalid(
+                "recovery.progress_interval",
+                format!("must be a positive number of seconds, not {interval}"),
+            ));
         }
         if self.backends.is_empty() {
             return Err(invalid(

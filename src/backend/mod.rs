@@ -91,6 +91,24 @@ pub struct Backend {
     shared: Arc<Shared>,
 }
 
+/// The reply to a call sent with [`Backend::send_call`].
+pub struct PendingReply {
+    receiver: oneshot::Receiver<Result<Value, CallError>>,
+    backend: String,
+}
+
+impl PendingReply {
+    /// Waits for the reply (the call's timeout bounds the wait).
+    pub async fn reply(self) -> Result<Value, CallError> {
+        self.receiver.await.unwrap_or_else(|_| {
+            Err(CallError::Disconnected {
+                backend: self.backend,
+                reason: "not connected".to_owned(),
+            })
+        })
+    }
+}
+
 struct Shared {
     settings: BackendSettings,
     observer: Arc<dyn BackendObserver>,
@@ -163,12 +181,26 @@ impl Backend {
         args: Vec<Value>,
         timeout: Duration,
     ) -> Result<Value, CallError> {
+        self.send_call(method, args, timeout).await.reply().await
+    }
+
+    /// Sends a call without waiting for its reply, so that more messages
+    /// can follow it on the wire (pipelining); the reply is awaited later.
+    pub async fn send_call(
+        &self,
+        method: &str,
+        args: Vec<Value>,
+        timeout: Duration,
+    ) -> PendingReply {
         let (sender, receiver) = oneshot::channel();
         let handler: ReplyHandler = Box::new(move |result| {
             let _ = sender.send(result);
         });
         self.call_with(method, args, timeout, handler).await;
-        receiver.await.unwrap_or_else(|_| Err(self.not_connected()))
+        PendingReply {
+            receiver,
+            backend: self.name().to_owned(),
+        }
     }
 
     /// Calls a method with the default call timeout.

@@ -309,7 +309,7 @@ fn same_answer(a: &Result<Value, CallError>, b: &Result<Value, CallError>) -> bo
 /// Equality as a client sees it: lists and tuples alike (msgpack backends
 /// cannot tell them apart), and exceptions nested in error payloads alike
 /// whether pickled (`_recon(cls, state)`) or sent as msgpack pairs.
-fn same_value(a: &Value, b: &Value) -> bool {
+pub(super) fn same_value(a: &Value, b: &Value) -> bool {
     if let (Some((class_a, state_a)), Some((class_b, state_b))) =
         (nested_exception(a), nested_exception(b))
     {

@@ -13,6 +13,8 @@
 mod commit;
 pub mod invalidations;
 mod oids;
+mod rate;
+mod recovery;
 mod state;
 mod stats;
 pub mod txnlog;
@@ -28,12 +30,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::backend::{Backend, BackendObserver, BackendSettings};
-use crate::config::{Config, FailMode};
+use crate::config::{Config, FailMode, RecoverySettings};
 use crate::protocol::{Message, Outgoing, Tid, Value, ZeoError};
 pub use commit::{VoteOutcome, Voted};
 pub use invalidations::Changes;
 use invalidations::InvalidationHistory;
 use oids::OidAllocator;
+use recovery::Maintenance;
+pub use recovery::{MaintenanceSlot, RecoveryOptions, RecoveryProgress};
 use state::{DegradedRecord, PersistentState, StateFile};
 pub use stats::Stats;
 
@@ -58,6 +62,8 @@ pub enum RaidStatus {
     Optimal,
     /// Some optimal, some not.
     Degraded,
+    /// Some optimal, and a degraded one being recovered.
+    Recovering,
     /// No backend optimal.
     Failed,
 }
@@ -67,6 +73,7 @@ impl RaidStatus {
         match self {
             RaidStatus::Optimal => "optimal",
             RaidStatus::Degraded => "degraded",
+            RaidStatus::Recovering => "recovering",
             RaidStatus::Failed => "failed",
         }
     }
@@ -147,6 +154,11 @@ pub struct Raid {
     read_cursor: AtomicUsize,
     read_only: bool,
     commit_timeout: Duration,
+    recovery_settings: RecoverySettings,
+    /// A running recovery or pack (they exclude each other).
+    maintenance: Arc<Mutex<Maintenance>>,
+    /// The current or last recovery, for `raid_recovery`.
+    last_recovery: Mutex<Option<Arc<RecoveryProgress>>>,
 }
 
 impl Raid {
@@ -221,6 +233,9 @@ impl Raid {
             read_cursor: AtomicUsize::new(0),
             read_only: config.server.read_only,
             commit_timeout: timeouts.commit(),
+            recovery_settings: config.recovery.clone(),
+            maintenance: Arc::new(Mutex::new(Maintenance::Idle)),
+            last_recovery: Mutex::new(None),
         });
         raid.wait_for_backends(timeouts.connect() + Duration::from_millis(500))
             .await;
@@ -377,22 +392,34 @@ impl Raid {
             RaidStatus::Optimal
         } else if optimal == 0 {
             RaidStatus::Failed
+        } else if self.running_recovery().is_some() {
+            RaidStatus::Recovering
         } else {
             RaidStatus::Degraded
         }
     }
 
-    /// Each backend's name and state text, `optimal` or `degraded: reason
-    /// (since time)`.
+    /// Each backend's name and state text, `optimal`, `recovering:
+    /// progress` or `degraded: reason (since time)`.
     pub fn details(&self) -> Vec<(String, String)> {
+        let recovering = self
+            .running_recovery()
+            .and_then(|(target, _)| Some((target, self.last_recovery()?.describe())));
         let inner = self.shared.inner.lock();
         self.shared
             .names
             .iter()
             .zip(&inner.members)
-            .map(|(name, member)| {
+            .enumerate()
+            .map(|(index, (name, member))| {
                 let text = match &member.health {
                     Health::Optimal => "optimal".to_owned(),
+                    Health::Degraded { .. }
+                        if recovering.as_ref().is_some_and(|(t, _)| *t == index) =>
+                    {
+                        let (_, progress) = recovering.as_ref().expect("checked");
+                        format!("recovering: {progress}")
+                    }
                     Health::Degraded { reason, since } => {
                         format!("degraded: {reason} (since {})", iso_time(*since))
                     }
@@ -481,14 +508,25 @@ impl Raid {
         self.shared.degrade(index, reason);
     }
 
-    /// Degrades a backend at an operator's request.
-    pub fn disable(&self, name: &str) -> Result<String, ZeoError> {
-        let index = self
-            .shared
+    fn backend_index(&self, name: &str) -> Result<usize, ZeoError> {
+        self.shared
             .names
             .iter()
             .position(|n| n == name)
-            .ok_or_else(|| ZeoError::value_error(format!("no backend named {name:?}")))?;
+            .ok_or_else(|| ZeoError::value_error(format!("no backend named {name:?}")))
+    }
+
+    /// Degrades a backend at an operator's request.
+    pub fn disable(&self, name: &str) -> Result<String, ZeoError> {
+        let index = self.backend_index(name)?;
+        if self
+            .running_recovery()
+            .is_some_and(|(target, _)| target == index)
+        {
+            return Err(ZeoError::value_error(format!(
+                "{name} is being recovered; it stays degraded until the recovery ends"
+            )));
+        }
         if !self.is_optimal(index) {
             return Ok(format!("{name} is already degraded"));
         }
@@ -576,10 +614,15 @@ impl Raid {
         self.shared.inner.lock().last_info.clone()
     }
 
-    /// Records a transaction committed through zeoraid and tells every
-    /// other client. Called under the commit lock, so tids arrive in order.
-    pub fn committed(&self, committer: ClientId, tid: Tid, oids: Vec<Value>) {
+    /// Records a transaction of `size` bytes committed through zeoraid and
+    /// tells every other client. Called under the commit lock, so tids
+    /// arrive in order.
+    pub fn committed(&self, committer: ClientId, tid: Tid, oids: Vec<Value>, size: u64) {
         self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+        if let Some((_, limiter)) = self.running_recovery() {
+            // The recovery has one more transaction to copy: it may.
+            limiter.credit(size);
+        }
         let mut inner = self.shared.inner.lock();
         let message = Arc::new(Message::one_way(
             "invalidateTransaction",
@@ -653,6 +696,53 @@ impl Shared {
                 "RAID cannot serve clients; disconnecting them"
             );
             self.disconnect_all_clients();
+        }
+    }
+
+    /// Returns a recovered backend to service: recorded on disk first, then
+    /// in memory. Called under the commit lock, with `last_tid` the RAID's
+    /// last transaction, which the backend now holds.
+    fn mark_recovered(&self, index: usize, last_tid: Tid) -> Result<(), String> {
+        let name = &self.names[index];
+        let mut persisted = self.persisted.lock();
+        let record = persisted.state.degraded.remove(name);
+        if let Err(e) = persisted.file.save(&persisted.state) {
+            if let Some(record) = record {
+                persisted.state.degraded.insert(name.clone(), record);
+            }
+            return Err(format!("cannot save the RAID state: {e}"));
+        }
+        let mut inner = self.inner.lock();
+        let member = &mut inner.members[index];
+        member.health = Health::Optimal;
+        member.last_tid = Some(last_tid);
+        Ok(())
+    }
+
+    /// Replaces a degraded backend's reason (a failed recovery says why).
+    fn set_degraded_reason(&self, index: usize, reason: &str) {
+        let name = &self.names[index];
+        let since = unix_now();
+        let mut persisted = self.persisted.lock();
+        let mut inner = self.inner.lock();
+        let member = &mut inner.members[index];
+        if member.health == Health::Optimal {
+            return;
+        }
+        member.health = Health::Degraded {
+            reason: reason.to_owned(),
+            since,
+        };
+        drop(inner);
+        persisted.state.degraded.insert(
+            name.clone(),
+            DegradedRecord {
+                reason: reason.to_owned(),
+                since,
+            },
+        );
+        if let Err(e) = persisted.file.save(&persisted.state) {
+            error!(error = %e, "cannot save the RAID state");
         }
     }
 
@@ -781,6 +871,11 @@ impl BackendObserver for Observer {
                     return;
                 };
                 let mut inner = shared.inner.lock();
+                // A degraded backend's size (one being recovered, say) is
+                // not the RAID's.
+                if inner.members[self.index].health != Health::Optimal {
+                    return;
+                }
                 inner.last_info = Some(info.clone());
                 // Outside a commit (after a pack) every client is told.
                 if !shared.finishing.load(Ordering::SeqCst) {

@@ -104,6 +104,11 @@ impl TxnLog {
         &self.stored_oids
     }
 
+    /// Bytes logged (record data, about): what the commit writes.
+    pub fn size(&self) -> u64 {
+        self.memory_bytes as u64 + self.spool.as_ref().map_or(0, |spool| spool.length)
+    }
+
     pub fn is_spooled(&self) -> bool {
         self.spool.is_some()
     }

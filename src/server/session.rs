@@ -27,7 +27,7 @@ use super::{send_reply, status, validate, FrontendSettings};
 use crate::backend::CallError;
 use crate::protocol::framing::{frame_reader, FrameReader, FrameWriter};
 use crate::protocol::{Encoding, Message, MessageKind, Outgoing, Tid, Value, ZeoError};
-use crate::raid::{Changes, ClientId, Raid};
+use crate::raid::{Changes, ClientId, Raid, RecoveryOptions};
 
 /// Messages queued for one client. Replies wait for room (backpressure on
 /// that client alone); broadcasts that find it full disconnect the client.
@@ -427,12 +427,39 @@ impl Session {
                 };
                 self.respond(name, reply, result).await
             }
+            "raid_recover" => {
+                let result = match (args[0].as_str(), recovery_options(args.get(1))) {
+                    (Some(backend), Ok(options)) => {
+                        info!(backend, ?options, "operator starts a recovery");
+                        self.core.recover(backend, options).map(Value::Str)
+                    }
+                    (None, _) => Err(ZeoError::type_error(
+                        "raid_recover: the backend name must be a string",
+                    )),
+                    (_, Err(error)) => Err(error),
+                };
+                self.respond(name, reply, result).await
+            }
+            "raid_recovery" => {
+                let progress = self
+                    .core
+                    .last_recovery()
+                    .map_or(Value::None, |progress| progress.to_value());
+                self.respond(name, reply, Ok(progress)).await
+            }
             "new_oid" => {
                 let error =
                     ZeoError::attribute_error("'ZEOStorage' object has no attribute 'new_oid'");
                 self.respond(name, reply, Err(error)).await
             }
             "pack" => {
+                let slot = match self.core.start_pack() {
+                    Ok(slot) => slot,
+                    Err(error) => {
+                        warn!(%error, "pack refused");
+                        return self.respond(name, reply, Err(error)).await;
+                    }
+                };
                 // Packs run for minutes: the session goes on meanwhile.
                 let core = self.core.clone();
                 let outbound = self.outbound.clone();
@@ -450,6 +477,7 @@ impl Session {
                 };
                 tokio::spawn(async move {
                     let result = core.pack(args, timeout).await;
+                    drop(slot);
                     if let Err(error) = &result {
                         warn!(%error, "pack failed");
                     }
@@ -710,8 +738,8 @@ fn check_arguments(name: &str, args: Vec<Value>) -> Result<Vec<Value>, ZeoError>
     use validate::{arity, id8, int, plain_data};
     let (min, max) = match name {
         "get_info" | "lastTransaction" | "ping" | "server_status" | "new_oid"
-        | "storeBlobStart" | "raid_status" | "raid_details" => (0, 0),
-        "register" | "history" | "pack" => (1, 2),
+        | "storeBlobStart" | "raid_status" | "raid_details" | "raid_recovery" => (0, 0),
+        "register" | "history" | "pack" | "raid_recover" => (1, 2),
         "getInvalidations"
         | "getTid"
         | "set_client_label"
@@ -759,6 +787,48 @@ fn check_arguments(name: &str, args: Vec<Value>) -> Result<Vec<Value>, ZeoError>
         _ => Ok(()),
     }?;
     Ok(args)
+}
+
+/// `raid_recover`'s options dict: `full_verify`, `transactions_per_second`,
+/// `bytes_per_second` (limits: 0 for none; absent for the configured one).
+fn recovery_options(options: Option<&Value>) -> Result<RecoveryOptions, ZeoError> {
+    let mut parsed = RecoveryOptions::default();
+    let items = match options {
+        None | Some(Value::None) => return Ok(parsed),
+        Some(Value::Dict(items)) => items,
+        Some(other) => {
+            return Err(ZeoError::type_error(format!(
+                "raid_recover: options must be a dict, not {}",
+                other.summary()
+            )))
+        }
+    };
+    for (key, value) in items {
+        let limit = || {
+            value
+                .as_int()
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or_else(|| {
+                    ZeoError::value_error(format!(
+                        "raid_recover: {} must be a number >= 0, not {}",
+                        key.summary(),
+                        value.summary()
+                    ))
+                })
+        };
+        match key.as_str() {
+            Some("full_verify") => parsed.full_verify = value.is_truthy(),
+            Some("transactions_per_second") => parsed.transactions_per_second = Some(limit()?),
+            Some("bytes_per_second") => parsed.bytes_per_second = Some(limit()?),
+            _ => {
+                return Err(ZeoError::value_error(format!(
+                    "raid_recover: unknown option {}",
+                    key.summary()
+                )))
+            }
+        }
+    }
+    Ok(parsed)
 }
 
 /// Turns a checked transactional message into a worker command.
@@ -809,13 +879,20 @@ fn transaction_command(name: &str, mut args: Vec<Value>, reply: ReplyTo) -> TxnC
 }
 
 /// zeoraid's management methods, callable over the ZEO protocol.
-const EXTENSION_METHODS: [&str; 3] = ["raid_status", "raid_details", "raid_disable"];
-
-/// What a session registered while the RAID cannot serve may call.
-const MANAGEMENT_ONLY_METHODS: [&str; 6] = [
+const EXTENSION_METHODS: [&str; 5] = [
     "raid_status",
     "raid_details",
     "raid_disable",
+    "raid_recover",
+    "raid_recovery",
+];
+
+/// What a session registered while the RAID cannot serve may call.
+const MANAGEMENT_ONLY_METHODS: [&str; 7] = [
+    "raid_status",
+    "raid_details",
+    "raid_disable",
+    "raid_recovery",
     "ping",
     "server_status",
     "lastTransaction",

@@ -293,6 +293,7 @@ impl TransactionWorker {
                 "tpc_finish called before vote",
             )])));
         };
+        let size = txn.log.size();
         let tid = match self.core.finish(voted.raid).await {
             Ok(tid) => tid,
             Err(reason) => {
@@ -304,7 +305,8 @@ impl TransactionWorker {
                 return Err(format!("tpc_finish failed on every backend: {reason}"));
             }
         };
-        self.core.committed(self.client, tid, voted.invalidated);
+        self.core
+            .committed(self.client, tid, voted.invalidated, size);
         drop(voted._lock);
         self.release_lock();
         self.end_transaction(false).await;

@@ -1,0 +1,1223 @@
+//! Online recovery: copying the history a degraded backend misses from an
+//! optimal one, while clients keep committing, then returning it to
+//! service.
+//!
+//! One recovery runs at a time (see [`Maintenance`]), in four steps:
+//!
+//! 1. Verify. The target's newest transaction must be the source's
+//!    transaction of the same tid, records included (with `full_verify`
+//!    every transaction of the target is compared). A target whose history
+//!    differs is never written to: the operator gives it an empty storage.
+//! 2. Copy. The source's server-side iterator is read in one pass from the
+//!    first missing tid; a reader task streams transactions to a writer
+//!    task that replays them on the target (`tpc_begin` with the source's
+//!    tid, status and metadata, one `restorea` per record keeping its
+//!    `data_txn` back-pointer, `vote`, `tpc_finish`), pipelined so that
+//!    the source is read while the target writes. The rate limit applies
+//!    here; live commits earn it credit (see `rate`).
+//! 3. Catch up. Passes repeat, each from where the last ended, until one
+//!    finds only a few new transactions.
+//! 4. Finish. Under the commit lock the last transactions are copied and
+//!    the target is returned to service; no commit can fall between the
+//!    copy and the switch.
+//!
+//! A failing source is degraded and the recovery goes on from another
+//! optimal backend; a failing target ends the recovery and stays degraded
+//! with the reason. Nothing here is persisted: a target's history is its
+//! own progress record, so a recovery interrupted by a restart resumes
+//! after the target's newest transaction.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::commit::same_value;
+use super::rate::{Limits, RateLimiter};
+use super::Raid;
+use crate::backend::{Backend, CallError, PendingReply};
+use crate::protocol::{Tid, Value};
+
+/// A catch-up pass that copied at most this many transactions is followed
+/// by the final pass under the commit lock (which holds up commits while
+/// it copies).
+const FINAL_PASS_THRESHOLD: u64 = 100;
+
+/// Transactions, records and ends of transactions in flight between the
+/// reader and the writer.
+const PIPELINE_ITEMS: usize = 1024;
+
+/// Record bytes in flight between the reader and the writer: memory stays
+/// bounded whatever the transaction sizes.
+const PIPELINE_BYTES: usize = 32 << 20;
+
+/// What runs besides commits; a recovery and a pack exclude each other.
+#[derive(Clone)]
+pub(super) enum Maintenance {
+    Idle,
+    Packing,
+    Recovering {
+        target: usize,
+        limiter: Arc<RateLimiter>,
+    },
+}
+
+/// Holds the maintenance slot; frees it when dropped.
+pub struct MaintenanceSlot {
+    slot: Arc<Mutex<Maintenance>>,
+}
+
+impl MaintenanceSlot {
+    pub(super) fn new(slot: Arc<Mutex<Maintenance>>) -> MaintenanceSlot {
+        MaintenanceSlot { slot }
+    }
+}
+
+impl Drop for MaintenanceSlot {
+    fn drop(&mut self) {
+        *self.slot.lock() = Maintenance::Idle;
+    }
+}
+
+/// How an operator asked for a recovery; limits not given come from the
+/// configuration.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryOptions {
+    pub full_verify: bool,
+    pub transactions_per_second: Option<u64>,
+    pub bytes_per_second: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Verifying,
+    Copying,
+    Finishing,
+    Done,
+    Failed,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Verifying => "verifying",
+            Phase::Copying => "copying",
+            Phase::Finishing => "finishing",
+            Phase::Done => "done",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// A recovery's progress, as `raid_recovery` and `raid_details` show it.
+pub struct RecoveryProgress {
+    target: String,
+    full_verify: bool,
+    limits: Limits,
+    started: SystemTime,
+    state: Mutex<ProgressState>,
+}
+
+struct ProgressState {
+    source: String,
+    phase: Phase,
+    verified: u64,
+    copied: u64,
+    bytes: u64,
+    /// The newest transaction the target holds (verified or copied).
+    reached: Tid,
+    /// The RAID's last transaction, for the estimate of the time left.
+    goal: Tid,
+    finished: Option<SystemTime>,
+    error: Option<String>,
+    /// (time, copied, bytes, reached) about once a second, for the rate.
+    samples: VecDeque<(Instant, u64, u64, Tid)>,
+}
+
+/// The rate is measured over this much recent time.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+
+impl RecoveryProgress {
+    fn new(target: &str, source: &str, full_verify: bool, limits: Limits) -> RecoveryProgress {
+        RecoveryProgress {
+            target: target.to_owned(),
+            full_verify,
+            limits,
+            started: SystemTime::now(),
+            state: Mutex::new(ProgressState {
+                source: source.to_owned(),
+                phase: Phase::Verifying,
+                verified: 0,
+                copied: 0,
+                bytes: 0,
+                reached: Tid::ZERO,
+                goal: Tid::ZERO,
+                finished: None,
+                error: None,
+                samples: VecDeque::from([(Instant::now(), 0, 0, Tid::ZERO)]),
+            }),
+        }
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.state.lock().finished.is_none()
+    }
+
+    fn set_source(&self, source: &str) {
+        self.state.lock().source = source.to_owned();
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.state.lock().phase = phase;
+    }
+
+    fn verified(&self, tid: Tid) {
+        let mut state = self.state.lock();
+        state.verified += 1;
+        state.reached = tid;
+    }
+
+    fn copied(&self, tid: Tid, bytes: u64, goal: Tid) {
+        let mut state = self.state.lock();
+        state.copied += 1;
+        state.bytes += bytes;
+        state.reached = tid;
+        state.goal = goal;
+        let now = Instant::now();
+        let last = state.samples.back().map(|s| s.0);
+        if last.is_none_or(|last| now.duration_since(last) >= Duration::from_secs(1)) {
+            let sample = (now, state.copied, state.bytes, tid);
+            state.samples.push_back(sample);
+            while state.samples.len() > 2 && now.duration_since(state.samples[1].0) >= RATE_WINDOW {
+                state.samples.pop_front();
+            }
+        }
+    }
+
+    fn end(&self, phase: Phase, error: Option<String>) {
+        let mut state = self.state.lock();
+        state.phase = phase;
+        state.error = error;
+        state.finished = Some(SystemTime::now());
+    }
+
+    /// (transactions/s, bytes/s, seconds left) over the recent window.
+    fn rates(state: &ProgressState) -> (f64, f64, Option<f64>) {
+        let Some(&(then, copied, bytes, reached)) = state.samples.front() else {
+            return (0.0, 0.0, None);
+        };
+        let seconds = then.elapsed().as_secs_f64();
+        if seconds < 0.5 || state.finished.is_some() {
+            return (0.0, 0.0, None);
+        }
+        let txn_rate = (state.copied - copied) as f64 / seconds;
+        let byte_rate = (state.bytes - bytes) as f64 / seconds;
+        // Tids are timestamps: the history still to copy spans the time
+        // from the tid reached to the RAID's last tid.
+        let advanced = tid_seconds(state.reached) - tid_seconds(reached);
+        let left = tid_seconds(state.goal) - tid_seconds(state.reached);
+        let eta = (advanced > 0.0 && state.phase == Phase::Copying)
+            .then(|| left.max(0.0) * seconds / advanced);
+        (txn_rate, byte_rate, eta)
+    }
+
+    /// The `raid_recovery` dict.
+    pub fn to_value(&self) -> Value {
+        let state = self.state.lock();
+        let (txn_rate, byte_rate, eta) = RecoveryProgress::rates(&state);
+        let running = state.finished.is_none();
+        let entry = |key: &str, value: Value| (Value::str(key), value);
+        Value::Dict(vec![
+            entry("backend", Value::str(&self.target)),
+            entry("source", Value::str(&state.source)),
+            entry(
+                "state",
+                Value::str(match state.phase {
+                    _ if running => "running",
+                    Phase::Done => "done",
+                    _ => "failed",
+                }),
+            ),
+            entry("phase", Value::str(state.phase.as_str())),
+            entry("full_verify", Value::Bool(self.full_verify)),
+            entry("transactions_verified", Value::Int(state.verified as i64)),
+            entry("transactions_copied", Value::Int(state.copied as i64)),
+            entry("bytes_copied", Value::Int(state.bytes as i64)),
+            entry("tid", Value::Str(state.reached.to_string())),
+            entry("transactions_per_second", Value::Float(txn_rate)),
+            entry("bytes_per_second", Value::Float(byte_rate)),
+            entry("eta_seconds", eta.map_or(Value::None, Value::Float)),
+            entry(
+                "limits",
+                Value::Dict(vec![
+                    entry(
+                        "transactions_per_second",
+                        Value::Int(self.limits.transactions_per_second as i64),
+                    ),
+                    entry(
+                        "bytes_per_second",
+                        Value::Int(self.limits.bytes_per_second as i64),
+                    ),
+                ]),
+            ),
+            entry("started", Value::Float(unix_seconds(self.started))),
+            entry(
+                "finished",
+                state
+                    .finished
+                    .map_or(Value::None, |t| Value::Float(unix_seconds(t))),
+            ),
+            entry(
+                "error",
+                state.error.as_ref().map_or(Value::None, Value::str),
+            ),
+        ])
+    }
+
+    /// One line for `raid_details` and the log.
+    pub fn describe(&self) -> String {
+        let state = self.state.lock();
+        let (txn_rate, byte_rate, eta) = RecoveryProgress::rates(&state);
+        let mut text = format!(
+            "{} from {}, {} transactions verified, {} transactions ({}) copied, at {}",
+            state.phase.as_str(),
+            state.source,
+            state.verified,
+            state.copied,
+            size_text(state.bytes as f64),
+            state.reached
+        );
+        if txn_rate > 0.0 {
+            text.push_str(&format!(
+                ", {txn_rate:.0} transactions/s ({}/s)",
+                size_text(byte_rate)
+            ));
+        }
+        if let Some(eta) = eta {
+            text.push_str(&format!(", about {} left", duration_text(eta)));
+        }
+        text
+    }
+}
+
+/// Why a recovery step stopped.
+enum Failure {
+    /// The source failed or answered nonsense: degrade it, go on with
+    /// another.
+    Source(String),
+    /// Anything else ends the recovery.
+    Fatal(String),
+}
+
+impl Raid {
+    /// Starts recovering the degraded backend `name` in the background.
+    pub fn recover(
+        self: &Arc<Self>,
+        name: &str,
+        options: RecoveryOptions,
+    ) -> Result<String, crate::protocol::ZeoError> {
+        use crate::protocol::ZeoError;
+        let target = self.backend_index(name)?;
+        if self.is_optimal(target) {
+            return Err(ZeoError::value_error(format!(
+                "{name} is optimal; only a degraded backend can be recovered"
+            )));
+        }
+        if !self.backends[target].is_connected() {
+            let reason = self.shared.inner.lock().members[target].last_error.clone();
+            return Err(ZeoError::value_error(format!(
+                "{name} is not reachable ({}); start its ZEO server, then recover it",
+                reason.as_deref().unwrap_or("not connected")
+            )));
+        }
+        let source = self
+            .pick_source()
+            .ok_or_else(|| ZeoError::value_error("no optimal backend to copy from".to_owned()))?;
+        let settings = &self.recovery_settings;
+        let limits = Limits {
+            transactions_per_second: options
+                .transactions_per_second
+                .unwrap_or(settings.transactions_per_second),
+            bytes_per_second: options
+                .bytes_per_second
+                .unwrap_or(settings.bytes_per_second),
+        };
+        let limiter = Arc::new(RateLimiter::new(limits));
+        let slot = {
+            let mut maintenance = self.maintenance.lock();
+            match &*maintenance {
+                Maintenance::Recovering { target, .. } => {
+                    return Err(ZeoError::value_error(format!(
+                        "recovery of {} is already running",
+                        self.shared.names[*target]
+                    )))
+                }
+                Maintenance::Packing => {
+                    return Err(ZeoError::value_error(
+                        "a pack is running; recover when it is done".to_owned(),
+                    ))
+                }
+                Maintenance::Idle => {}
+            }
+            *maintenance = Maintenance::Recovering {
+                target,
+                limiter: limiter.clone(),
+            };
+            MaintenanceSlot::new(self.maintenance.clone())
+        };
+        let source_name = self.shared.names[source].clone();
+        let progress = Arc::new(RecoveryProgress::new(
+            name,
+            &source_name,
+            options.full_verify,
+            limits,
+        ));
+        *self.last_recovery.lock() = Some(progress.clone());
+        info!(
+            backend = name,
+            source = %source_name,
+            full_verify = options.full_verify,
+            transactions_per_second = limits.transactions_per_second,
+            bytes_per_second = limits.bytes_per_second,
+            "recovery started"
+        );
+        tokio::spawn(run(self.clone(), target, progress, limiter, slot));
+        Ok(format!("recovery of {name} started from {source_name}"))
+    }
+
+    /// The current or last recovery since zeoraid started.
+    pub fn last_recovery(&self) -> Option<Arc<RecoveryProgress>> {
+        self.last_recovery.lock().clone()
+    }
+
+    /// Takes the maintenance slot for a pack, unless a recovery holds it.
+    pub fn start_pack(&self) -> Result<MaintenanceSlot, crate::protocol::ZeoError> {
+        let mut maintenance = self.maintenance.lock();
+        match &*maintenance {
+            Maintenance::Recovering { target, .. } => {
+                Err(crate::protocol::ZeoError::storage(format!(
+                    "pack refused: backend {} is being recovered; pack when the recovery is done",
+                    self.shared.names[*target]
+                )))
+            }
+            // Concurrent packs queue on the commit lock, as before.
+            Maintenance::Packing | Maintenance::Idle => {
+                *maintenance = Maintenance::Packing;
+                Ok(MaintenanceSlot::new(self.maintenance.clone()))
+            }
+        }
+    }
+
+    /// The running recovery's target and rate limiter.
+    pub(super) fn running_recovery(&self) -> Option<(usize, Arc<RateLimiter>)> {
+        match &*self.maintenance.lock() {
+            Maintenance::Recovering { target, limiter } => Some((*target, limiter.clone())),
+            _ => None,
+        }
+    }
+
+    /// The first optimal, connected backend.
+    fn pick_source(&self) -> Option<usize> {
+        self.optimal_members()
+            .into_iter()
+            .find(|(_, backend)| backend.is_connected())
+            .map(|(index, _)| index)
+    }
+}
+
+/// The recovery task.
+async fn run(
+    raid: Arc<Raid>,
+    target: usize,
+    progress: Arc<RecoveryProgress>,
+    limiter: Arc<RateLimiter>,
+    _slot: MaintenanceSlot,
+) {
+    let logging = CancellationToken::new();
+    tokio::spawn(log_progress(
+        progress.clone(),
+        raid.recovery_settings.progress_interval(),
+        logging.clone(),
+    ));
+    let outcome = recover(&raid, target, &progress, &limiter).await;
+    logging.cancel();
+    let name = &raid.shared.names[target];
+    match outcome {
+        Ok(tid) => {
+            progress.end(Phase::Done, None);
+            info!(backend = %name, %tid, progress = %progress.describe(), "recovery done; backend optimal");
+        }
+        Err(reason) => {
+            progress.end(Phase::Failed, Some(reason.clone()));
+            error!(backend = %name, %reason, "recovery failed; backend stays degraded");
+            raid.shared
+                .set_degraded_reason(target, &format!("recovery failed: {reason}"));
+        }
+    }
+}
+
+async fn log_progress(progress: Arc<RecoveryProgress>, every: Duration, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {
+                info!(backend = %progress.target, progress = %progress.describe(), "recovering");
+            }
+        }
+    }
+}
+
+/// Verifies, copies and catches up; returns the tid the target was
+/// returned to service at.
+async fn recover(
+    raid: &Raid,
+    target: usize,
+    progress: &RecoveryProgress,
+    limiter: &RateLimiter,
+) -> Result<Tid, String> {
+    let mut source = raid
+        .pick_source()
+        .ok_or("no optimal backend left to copy from")?;
+    let mut reached = loop {
+        progress.set_source(&raid.shared.names[source]);
+        match verify(raid, source, target, progress).await {
+            Ok(tid) => break tid,
+            Err(Failure::Source(reason)) => source = replace_source(raid, source, &reason)?,
+            Err(Failure::Fatal(reason)) => return Err(reason),
+        }
+    };
+    progress.set_phase(Phase::Copying);
+    loop {
+        if !raid.is_optimal(source) {
+            source = raid
+                .pick_source()
+                .ok_or("no optimal backend left to copy from")?;
+        }
+        progress.set_source(&raid.shared.names[source]);
+        match copy_pass(raid, source, target, &mut reached, Some(limiter), progress).await {
+            Ok(copied) if copied <= FINAL_PASS_THRESHOLD => break,
+            Ok(_) => {}
+            Err(Failure::Source(reason)) => source = replace_source(raid, source, &reason)?,
+            Err(Failure::Fatal(reason)) => return Err(reason),
+        }
+    }
+    progress.set_phase(Phase::Finishing);
+    let _commits = raid.lock_commits().await;
+    loop {
+        if !raid.is_optimal(source) {
+            source = raid
+                .pick_source()
+                .ok_or("no optimal backend left to copy from")?;
+        }
+        progress.set_source(&raid.shared.names[source]);
+        match copy_pass(raid, source, target, &mut reached, None, progress).await {
+            Ok(_) => break,
+            Err(Failure::Source(reason)) => source = replace_source(raid, source, &reason)?,
+            Err(Failure::Fatal(reason)) => return Err(reason),
+        }
+    }
+    let last = raid.last_tid();
+    let target_backend = &raid.backends[target];
+    let target_last = last_transaction(target_backend)
+        .await
+        .map_err(|e| format!("{}: lastTransaction failed: {e}", target_backend.name()))?;
+    if reached != last || target_last != last {
+        return Err(format!(
+            "after the copy {} ends at {target_last} but the RAID's last transaction is {last}",
+            target_backend.name()
+        ));
+    }
+    raid.shared.mark_recovered(target, last)?;
+    Ok(last)
+}
+
+/// Degrades a failed source and picks another.
+fn replace_source(raid: &Raid, failed: usize, reason: &str) -> Result<usize, String> {
+    let name = &raid.shared.names[failed];
+    warn!(backend = %name, %reason, "recovery source failed");
+    raid.degrade(failed, &format!("failed as recovery source: {reason}"));
+    raid.pick_source().ok_or_else(|| {
+        format!("the source {name} failed ({reason}) and no optimal backend is left to copy from")
+    })
+}
+
+async fn last_transaction(backend: &Backend) -> Result<Tid, CallError> {
+    let reply = backend.call("lastTransaction", vec![]).await?;
+    Tid::from_value(&reply).ok_or_else(|| {
+        CallError::Remote(crate::protocol::ZeoError::storage(format!(
+            "lastTransaction returned {}",
+            reply.summary()
+        )))
+    })
+}
+
+/// Checks that the target's history is a prefix of the source's; returns
+/// the target's newest tid (zero for an empty storage).
+async fn verify(
+    raid: &Raid,
+    source: usize,
+    target: usize,
+    progress: &RecoveryProgress,
+) -> Result<Tid, Failure> {
+    let source_backend = &raid.backends[source];
+    let target_backend = &raid.backends[target];
+    let target_last = last_transaction(target_backend).await.map_err(|e| {
+        Failure::Fatal(format!(
+            "{}: lastTransaction failed: {e}",
+            target_backend.name()
+        ))
+    })?;
+    if target_last == Tid::ZERO {
+        return Ok(Tid::ZERO);
+    }
+    let start = (!progress.full_verify).then_some(target_last);
+    let timeout = raid.commit_timeout();
+    let mut theirs = ServerIterator::start(source_backend, start, Some(target_last), timeout)
+        .await
+        .map_err(|e| Failure::Source(e.to_string()))?;
+    let mut ours = ServerIterator::start(target_backend, start, Some(target_last), timeout)
+        .await
+        .map_err(|e| Failure::Fatal(format!("{}: {e}", target_backend.name())))?;
+    let outcome = compare(&mut theirs, &mut ours, progress).await;
+    theirs.close().await;
+    ours.close().await;
+    match outcome {
+        Ok(()) => Ok(target_last),
+        Err(Mismatch::Source(e)) => Err(Failure::Source(e)),
+        Err(Mismatch::Target(e)) => Err(Failure::Fatal(format!("{}: {e}", target_backend.name()))),
+        Err(Mismatch::Differs(tid, what)) => {
+            let (s, t) = (source_backend.name(), target_backend.name());
+            Err(Failure::Fatal(format!(
+                "{t}'s history differs from {s}'s at tid {tid}: {what}; \
+                 give {t} an empty storage and recover it again"
+            )))
+        }
+    }
+}
+
+enum Mismatch {
+    Source(String),
+    Target(String),
+    Differs(Tid, String),
+}
+
+/// Walks both iterators in step, transaction by transaction and record
+/// by record.
+async fn compare(
+    theirs: &mut ServerIterator<'_>,
+    ours: &mut ServerIterator<'_>,
+    progress: &RecoveryProgress,
+) -> Result<(), Mismatch> {
+    loop {
+        let source_txn = theirs.next_txn().await.map_err(Mismatch::Source)?;
+        let target_txn = ours.next_txn().await.map_err(Mismatch::Target)?;
+        let (source_txn, target_txn) = match (source_txn, target_txn) {
+            (None, None) => return Ok(()),
+            (None, Some(t)) => {
+                return Err(Mismatch::Differs(
+                    t.tid,
+                    "the source has no such transaction".into(),
+                ))
+            }
+            (Some(s), None) => {
+                return Err(Mismatch::Differs(
+                    s.tid,
+                    "the target lacks this transaction".into(),
+                ))
+            }
+            (Some(s), Some(t)) => (s, t),
+        };
+        if source_txn.tid != target_txn.tid {
+            let tid = source_txn.tid.min(target_txn.tid);
+            let what = if tid == target_txn.tid {
+                "the source has no such transaction"
+            } else {
+                "the target lacks this transaction"
+            };
+            return Err(Mismatch::Differs(tid, what.into()));
+        }
+        let tid = source_txn.tid;
+        if let Some(field) = source_txn.differing_field(&target_txn) {
+            return Err(Mismatch::Differs(tid, format!("the {field} differs")));
+        }
+        theirs
+            .start_records(&source_txn)
+            .await
+            .map_err(Mismatch::Source)?;
+        ours.start_records(&target_txn)
+            .await
+            .map_err(Mismatch::Target)?;
+        loop {
+            let source_record = theirs.next_record().await.map_err(Mismatch::Source)?;
+            let target_record = ours.next_record().await.map_err(Mismatch::Target)?;
+            match (source_record, target_record) {
+                (None, None) => break,
+                (Some(s), Some(t)) => {
+                    if let Some(field) = s.differing_field(&t) {
+                        return Err(Mismatch::Differs(
+                            tid,
+                            format!("the {field} of the record of oid {} differs", s.oid_text()),
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(Mismatch::Differs(
+                        tid,
+                        "the transactions hold different numbers of records".into(),
+                    ))
+                }
+            }
+        }
+        progress.verified(tid);
+    }
+}
+
+/// A transaction's header as `iterator_next` returns it.
+struct TxnHeader {
+    tid: Tid,
+    /// The tid as the backend sent it, for `iterator_record_start`.
+    tid_value: Value,
+    status: Value,
+    user: Value,
+    description: Value,
+    extension: Value,
+}
+
+impl TxnHeader {
+    fn parse(reply: Value) -> Result<TxnHeader, String> {
+        let malformed = |reply: &Value| format!("iterator_next returned {}", reply.summary());
+        let fields = reply.into_seq().map_err(|r| malformed(&r))?;
+        let Ok([tid_value, status, user, description, extension]) = <[Value; 5]>::try_from(fields)
+        else {
+            return Err("iterator_next returned a malformed transaction".into());
+        };
+        let tid = Tid::from_value(&tid_value).ok_or_else(|| malformed(&tid_value))?;
+        Ok(TxnHeader {
+            tid,
+            tid_value,
+            status,
+            user,
+            description,
+            extension,
+        })
+    }
+
+    fn differing_field(&self, other: &TxnHeader) -> Option<&'static str> {
+        [
+            ("status", &self.status, &other.status),
+            ("user", &self.user, &other.user),
+            ("description", &self.description, &other.description),
+            ("extension", &self.extension, &other.extension),
+        ]
+        .into_iter()
+        .find(|(_, a, b)| !same_value(a, b))
+        .map(|(field, _, _)| field)
+    }
+}
+
+/// A data record as `iterator_record_next` returns it.
+struct Record {
+    oid: Value,
+    serial: Value,
+    /// None for a record that undid an object's creation.
+    data: Value,
+    /// The transaction whose data this record repeats (undo), or None.
+    data_txn: Value,
+}
+
+impl Record {
+    fn parse(reply: Value) -> Result<Record, String> {
+        let fields = reply
+            .into_seq()
+            .map_err(|r| format!("iterator_record_next returned {}", r.summary()))?;
+        let Ok([oid, serial, data, data_txn]) = <[Value; 4]>::try_from(fields) else {
+            return Err("iterator_record_next returned a malformed record".into());
+        };
+        Ok(Record {
+            oid,
+            serial,
+            data,
+            data_txn,
+        })
+    }
+
+    fn size(&self) -> usize {
+        self.data.as_bytes().map_or(0, |d| d.len())
+    }
+
+    fn oid_text(&self) -> String {
+        Tid::from_value(&self.oid).map_or_else(|| self.oid.summary(), |oid| oid.to_string())
+    }
+
+    fn differing_field(&self, other: &Record) -> Option<&'static str> {
+        [
+            ("oid", &self.oid, &other.oid),
+            ("serial", &self.serial, &other.serial),
+            ("data", &self.data, &other.data),
+            ("data_txn", &self.data_txn, &other.data_txn),
+        ]
+        .into_iter()
+        .find(|(_, a, b)| !same_value(a, b))
+        .map(|(field, _, _)| field)
+    }
+
+    /// Whether the record is a ZODB blob (`ZODB.blob.Blob` pickled as its
+    /// class, which is how ZODB itself tells): its file is not in the
+    /// record, so copying the record alone would lose it.
+    fn is_blob(&self) -> bool {
+        let Some(data) = self.data.as_bytes() else {
+            return false;
+        };
+        let head = &data[..data.len().min(64)];
+        let contains = |needle: &[u8]| head.windows(needle.len()).any(|w| w == needle);
+        // GLOBAL (protocols 0-3) or SHORT_BINUNICODE pairs (protocol 4).
+        contains(b"ZODB.blob\nBlob\n")
+            || (contains(b"\x8c\x09ZODB.blob") && contains(b"\x8c\x04Blob"))
+    }
+}
+
+/// One server-side transaction iterator on a backend, with its current
+/// record iterator.
+struct ServerIterator<'a> {
+    backend: &'a Backend,
+    timeout: Duration,
+    id: Value,
+    records: Option<Value>,
+    /// Ids the server still holds (for `iterator_gc` when stopping early).
+    open: Vec<Value>,
+}
+
+impl<'a> ServerIterator<'a> {
+    /// `iterator_start(start, stop)`; the server may take a while to find
+    /// `start` in a large storage, hence `timeout`.
+    async fn start(
+        backend: &'a Backend,
+        start: Option<Tid>,
+        stop: Option<Tid>,
+        timeout: Duration,
+    ) -> Result<ServerIterator<'a>, String> {
+        let bound = |tid: Option<Tid>| tid.map_or(Value::None, Tid::to_value);
+        let id = backend
+            .call_timeout("iterator_start", vec![bound(start), bound(stop)], timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ServerIterator {
+            backend,
+            timeout,
+            open: vec![id.clone()],
+            id,
+            records: None,
+        })
+    }
+
+    async fn call(&self, method: &str, args: Vec<Value>) -> Result<Value, String> {
+        self.backend
+            .call_timeout(method, args, self.timeout)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn next_txn(&mut self) -> Result<Option<TxnHeader>, String> {
+        let reply = self.call("iterator_next", vec![self.id.clone()]).await?;
+        if reply == Value::None {
+            // The server dropped the iterator at its end.
+            self.open.retain(|id| *id != self.id);
+            return Ok(None);
+        }
+        TxnHeader::parse(reply).map(Some)
+    }
+
+    async fn start_records(&mut self, txn: &TxnHeader) -> Result<(), String> {
+        let id = self
+            .call(
+                "iterator_record_start",
+                vec![self.id.clone(), txn.tid_value.clone()],
+            )
+            .await?;
+        self.open.push(id.clone());
+        self.records = Some(id);
+        Ok(())
+    }
+
+    async fn next_record(&mut self) -> Result<Option<Record>, String> {
+        let id = self.records.clone().ok_or("no record iterator")?;
+        let reply = self.call("iterator_record_next", vec![id.clone()]).await?;
+        if reply == Value::None {
+            self.open.retain(|open| *open != id);
+            self.records = None;
+            return Ok(None);
+        }
+        Record::parse(reply).map(Some)
+    }
+
+    /// Frees what the server still holds for this iterator.
+    async fn close(self) {
+        if !self.open.is_empty() {
+            let _ = self
+                .backend
+                .one_way("iterator_gc", vec![Value::List(self.open)])
+                .await;
+        }
+    }
+}
+
+/// What the reader hands the writer.
+enum Item {
+    Begin(TxnHeader),
+    /// A record, holding its share of the byte budget until written.
+    Record(Record, OwnedSemaphorePermit),
+    End,
+}
+
+/// Copies the source's transactions after `reached` onto the target,
+/// advancing `reached` as the target confirms them; returns how many were
+/// copied.
+async fn copy_pass(
+    raid: &Raid,
+    source: usize,
+    target: usize,
+    reached: &mut Tid,
+    limiter: Option<&RateLimiter>,
+    progress: &RecoveryProgress,
+) -> Result<u64, Failure> {
+    let (items, received) = mpsc::channel(PIPELINE_ITEMS);
+    let budget = Arc::new(Semaphore::new(PIPELINE_BYTES));
+    let start = (*reached != Tid::ZERO).then(|| Tid(reached.0 + 1));
+    let reader = read_source(
+        &raid.backends[source],
+        start,
+        raid.commit_timeout(),
+        items,
+        budget,
+    );
+    let mut writer = TargetWriter {
+        raid,
+        target: &raid.backends[target],
+        reached,
+        copied: 0,
+        progress,
+    };
+    let (read, written) = tokio::join!(reader, writer.write(received, limiter));
+    let copied = writer.copied;
+    written.map_err(Failure::Fatal)?;
+    read.map_err(Failure::Source)?;
+    Ok(copied)
+}
+
+/// Streams the source's transactions from `start` (or the beginning) to
+/// its end. Stops quietly when the writer hangs up.
+async fn read_source(
+    source: &Backend,
+    start: Option<Tid>,
+    timeout: Duration,
+    items: mpsc::Sender<Item>,
+    budget: Arc<Semaphore>,
+) -> Result<(), String> {
+    let mut iterator = ServerIterator::start(source, start, None, timeout)
+        .await
+        .map_err(|e| format!("{}: {e}", source.name()))?;
+    let outcome = async {
+        while let Some(txn) = iterator.next_txn().await? {
+            iterator.start_records(&txn).await?;
+            if items.send(Item::Begin(txn)).await.is_err() {
+                return Ok(());
+            }
+            while let Some(record) = iterator.next_record().await? {
+                let share = record.size().clamp(1, PIPELINE_BYTES) as u32;
+                let permit = budget
+                    .clone()
+                    .acquire_many_owned(share)
+                    .await
+                    .expect("the budget is never closed");
+                if items.send(Item::Record(record, permit)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if items.send(Item::End).await.is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+    .await
+    .map_err(|e: String| format!("{}: {e}", source.name()));
+    iterator.close().await;
+    outcome
+}
+
+/// Replays transactions on the target.
+struct TargetWriter<'a> {
+    raid: &'a Raid,
+    target: &'a Backend,
+    reached: &'a mut Tid,
+    copied: u64,
+    progress: &'a RecoveryProgress,
+}
+
+/// A transaction sent to the target and being finished.
+struct Finishing {
+    reply: PendingReply,
+    tid: Tid,
+    bytes: u64,
+}
+
+impl TargetWriter<'_> {
+    async fn write(
+        &mut self,
+        mut items: mpsc::Receiver<Item>,
+        limiter: Option<&RateLimiter>,
+    ) -> Result<(), String> {
+        let name = self.target.name().to_owned();
+        // The target transaction open (begun, not yet finished): id, tid,
+        // record bytes.
+        let mut open: Option<(i64, Tid, u64)> = None;
+        let mut finishing: Option<Finishing> = None;
+        let outcome = async {
+            while let Some(item) = items.recv().await {
+                match item {
+                    Item::Begin(txn) => {
+                        let last = finishing.as_ref().map_or(*self.reached, |f| f.tid);
+                        if txn.tid <= last {
+                            // Never write a backend's history out of order.
+                            return Err(format!(
+                                "the source returned transaction {} after {last}",
+                                txn.tid
+                            ));
+                        }
+                        let id = self.raid.next_backend_txn();
+                        self.send(
+                            "tpc_begin",
+                            vec![
+                                Value::Int(id),
+                                txn.user,
+                                txn.description,
+                                txn.extension,
+                                txn.tid_value,
+                                txn.status,
+                            ],
+                        )
+                        .await?;
+                        open = Some((id, txn.tid, 0));
+                    }
+                    Item::Record(record, _permit) => {
+                        let (id, tid, bytes) =
+                            open.as_mut().ok_or("a record outside a transaction")?;
+                        if record.is_blob() {
+                            return Err(format!(
+                                "transaction {tid} holds a blob record (oid {}); \
+                                 recovering blobs is not supported yet",
+                                record.oid_text()
+                            ));
+                        }
+                        *bytes += record.size() as u64;
+                        let args = vec![
+                            record.oid,
+                            record.serial,
+                            record.data,
+                            record.data_txn,
+                            Value::Int(*id),
+                        ];
+                        self.send("restorea", args).await?;
+                    }
+                    Item::End => {
+                        let (id, tid, bytes) = open.take().ok_or("an end outside a transaction")?;
+                        let timeout = self.raid.commit_timeout();
+                        let vote = self
+                            .target
+                            .send_call("vote", vec![Value::Int(id)], timeout)
+                            .await;
+                        // The previous transaction's finish is ahead of this
+                        // vote on the wire.
+                        if let Some(previous) = finishing.take() {
+                            self.confirm(previous).await?;
+                        }
+                        // Open until finished: aborted if the vote fails.
+                        open = Some((id, tid, bytes));
+                        let voted = vote.reply().await.map_err(|e| format!("vote: {e}"))?;
+                        if voted
+                            .as_seq()
+                            .is_some_and(|v| v.iter().any(|e| matches!(e, Value::Dict(_))))
+                        {
+                            return Err(format!(
+                                "vote of {tid} reported conflicts: {}",
+                                voted.summary()
+                            ));
+                        }
+                        open = None;
+                        let reply = self
+                            .target
+                            .send_call("tpc_finish", vec![Value::Int(id)], timeout)
+                            .await;
+                        finishing = Some(Finishing { reply, tid, bytes });
+                        if let Some(limiter) = limiter {
+                            limiter.pay(bytes).await;
+                        }
+                    }
+                }
+            }
+            if let Some(previous) = finishing.take() {
+                self.confirm(previous).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Some((id, _, _)) = open {
+            // A transaction the pass could not complete: abort it, or drop
+            // the connection (which aborts it) if even that fails.
+            if let Err(e) = self.target.call("tpc_abort", vec![Value::Int(id)]).await {
+                self.target
+                    .reset(&format!("tpc_abort after a failed copy: {e}"));
+            }
+        }
+        outcome.map_err(|e| format!("{name}: {e}"))
+    }
+
+    async fn send(&self, method: &str, args: Vec<Value>) -> Result<(), String> {
+        self.target
+            .one_way(method, args)
+            .await
+            .map_err(|e| format!("{method}: {e}"))
+    }
+
+    /// Waits for a tpc_finish and records the transaction as copied.
+    async fn confirm(&mut self, finishing: Finishing) -> Result<(), String> {
+        let reply = finishing
+            .reply
+            .reply()
+            .await
+            .map_err(|e| format!("tpc_finish: {e}"))?;
+        if Tid::from_value(&reply) != Some(finishing.tid) {
+            return Err(format!(
+                "tpc_finish returned {} instead of {}",
+                reply.summary(),
+                finishing.tid
+            ));
+        }
+        *self.reached = finishing.tid;
+        self.copied += 1;
+        self.progress
+            .copied(finishing.tid, finishing.bytes, self.raid.last_tid());
+        Ok(())
+    }
+}
+
+/// A tid's time in seconds on ZODB's TimeStamp scale (months of 31 days):
+/// good for differences, which is what the estimate needs.
+fn tid_seconds(tid: Tid) -> f64 {
+    (tid.0 >> 32) as f64 * 60.0 + (tid.0 & 0xffff_ffff) as f64 * 60.0 / 4_294_967_296.0
+}
+
+fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn size_text(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn duration_text(seconds: f64) -> String {
+    let seconds = seconds.round() as u64;
+    match seconds {
+        0..=99 => format!("{seconds} s"),
+        100..=5999 => format!("{} min", seconds.div_ceil(60)),
+        _ => format!("{:.1} h", seconds as f64 / 3600.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(data: &[u8]) -> Record {
+        Record {
+            oid: Tid(1).to_value(),
+            serial: Tid(2).to_value(),
+            data: Value::bytes(data.to_vec()),
+            data_txn: Value::None,
+        }
+    }
+
+    #[test]
+    fn blob_records_are_recognised_by_their_class() {
+        assert!(record(b"\x80\x03cZODB.blob\nBlob\nq\x00.\x80\x03N.").is_blob());
+        assert!(
+            record(b"\x80\x04\x95\x15\x00\x8c\x09ZODB.blob\x94\x8c\x04Blob\x94\x93.N.").is_blob()
+        );
+        assert!(!record(b"\x80\x03cpersistent.mapping\nPersistentMapping\nq\x00.}.").is_blob());
+        assert!(!Record {
+            data: Value::None,
+            ..record(b"")
+        }
+        .is_blob());
+    }
+
+    #[test]
+    fn records_compare_across_encodings() {
+        let a = record(b"data");
+        let mut b = record(b"data");
+        assert_eq!(a.differing_field(&b), None);
+        b.data_txn = Tid(5).to_value();
+        assert_eq!(a.differing_field(&b), Some("data_txn"));
+    }
+
+    #[test]
+    fn the_estimate_follows_the_tid_clock() {
+        let progress = RecoveryProgress::new(
+            "b",
+            "a",
+            false,
+            Limits {
+                transactions_per_second: 0,
+                bytes_per_second: 0,
+            },
+        );
+        progress.set_phase(Phase::Copying);
+        let minute = |m: u64| Tid(m << 32);
+        {
+            let mut state = progress.state.lock();
+            state.samples =
+                VecDeque::from([(Instant::now() - Duration::from_secs(10), 0, 0, minute(100))]);
+            state.reached = minute(110);
+            state.goal = minute(130);
+            state.copied = 500;
+        }
+        // Ten minutes of history copied in ten seconds, twenty to go.
+        let (rate, _, eta) = RecoveryProgress::rates(&progress.state.lock());
+        assert!((49.0..51.0).contains(&rate), "rate {rate}");
+        let eta = eta.expect("an estimate");
+        assert!((19.0..21.0).contains(&eta), "eta {eta}");
+        assert!(progress.describe().contains("copying from a"));
+    }
+
+    #[test]
+    fn sizes_and_durations_read_well() {
+        assert_eq!(size_text(512.0), "512 B");
+        assert_eq!(size_text(3.5 * 1024.0 * 1024.0), "3.5 MiB");
+        assert_eq!(duration_text(42.0), "42 s");
+        assert_eq!(duration_text(600.0), "10 min");
+        assert_eq!(duration_text(7200.0), "2.0 h");
+    }
+}
