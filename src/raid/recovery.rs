@@ -131,12 +131,21 @@ struct ProgressState {
     bytes: u64,
     /// The newest transaction the target holds (verified or copied).
     reached: Tid,
-    /// The RAID's last transaction, for the estimate of the time left.
-    goal: Tid,
     finished: Option<SystemTime>,
     error: Option<String>,
-    /// (time, copied, bytes, reached) about once a second, for the rate.
-    samples: VecDeque<(Instant, u64, u64, Tid)>,
+    /// Taken once a second, for the rates and the estimate.
+    samples: VecDeque<Sample>,
+    /// The source's storage size (bytes), for the estimate.
+    source_size: Option<u64>,
+}
+
+#[derive(Clone, Copy)]
+struct Sample {
+    at: Instant,
+    copied: u64,
+    bytes: u64,
+    /// The target's storage size (bytes).
+    target_size: Option<u64>,
 }
 
 /// The rate is measured over this much recent time.
@@ -156,10 +165,10 @@ impl RecoveryProgress {
                 copied: 0,
                 bytes: 0,
                 reached: Tid::ZERO,
-                goal: Tid::ZERO,
                 finished: None,
                 error: None,
-                samples: VecDeque::from([(Instant::now(), 0, 0, Tid::ZERO)]),
+                samples: VecDeque::new(),
+                source_size: None,
             }),
         }
     }
@@ -186,20 +195,27 @@ impl RecoveryProgress {
         state.reached = tid;
     }
 
-    fn copied(&self, tid: Tid, bytes: u64, goal: Tid) {
+    fn copied(&self, tid: Tid, bytes: u64) {
         let mut state = self.state.lock();
         state.copied += 1;
         state.bytes += bytes;
         state.reached = tid;
-        state.goal = goal;
+    }
+
+    /// Records the counters and the storages' sizes now.
+    fn sample(&self, source_size: Option<u64>, target_size: Option<u64>) {
+        let mut state = self.state.lock();
         let now = Instant::now();
-        let last = state.samples.back().map(|s| s.0);
-        if last.is_none_or(|last| now.duration_since(last) >= Duration::from_secs(1)) {
-            let sample = (now, state.copied, state.bytes, tid);
-            state.samples.push_back(sample);
-            while state.samples.len() > 2 && now.duration_since(state.samples[1].0) >= RATE_WINDOW {
-                state.samples.pop_front();
-            }
+        let sample = Sample {
+            at: now,
+            copied: state.copied,
+            bytes: state.bytes,
+            target_size,
+        };
+        state.samples.push_back(sample);
+        state.source_size = source_size;
+        while state.samples.len() > 2 && now.duration_since(state.samples[1].at) >= RATE_WINDOW {
+            state.samples.pop_front();
         }
     }
 
@@ -212,21 +228,24 @@ impl RecoveryProgress {
 
     /// (transactions/s, bytes/s, seconds left) over the recent window.
     fn rates(state: &ProgressState) -> (f64, f64, Option<f64>) {
-        let Some(&(then, copied, bytes, reached)) = state.samples.front() else {
+        let (Some(first), Some(last)) = (state.samples.front(), state.samples.back()) else {
             return (0.0, 0.0, None);
         };
-        let seconds = then.elapsed().as_secs_f64();
+        let seconds = last.at.duration_since(first.at).as_secs_f64();
         if seconds < 0.5 || state.finished.is_some() {
             return (0.0, 0.0, None);
         }
-        let txn_rate = (state.copied - copied) as f64 / seconds;
-        let byte_rate = (state.bytes - bytes) as f64 / seconds;
-        // Tids are timestamps: the history still to copy spans the time
-        // from the tid reached to the RAID's last tid.
-        let advanced = tid_seconds(state.reached) - tid_seconds(reached);
-        let left = tid_seconds(state.goal) - tid_seconds(state.reached);
-        let eta = (advanced > 0.0 && state.phase == Phase::Copying)
-            .then(|| left.max(0.0) * seconds / advanced);
+        let txn_rate = (last.copied - first.copied) as f64 / seconds;
+        let byte_rate = (last.bytes - first.bytes) as f64 / seconds;
+        // The target's storage grows towards the source's size; how fast
+        // it has grown lately tells how long the rest takes.
+        let eta = match (state.source_size, first.target_size, last.target_size) {
+            (Some(goal), Some(then), Some(now)) if now > then && state.phase == Phase::Copying => {
+                let growth = (now - then) as f64 / seconds;
+                Some(goal.saturating_sub(now) as f64 / growth)
+            }
+            _ => None,
+        };
         (txn_rate, byte_rate, eta)
     }
 
@@ -442,14 +461,15 @@ async fn run(
     limiter: Arc<RateLimiter>,
     _slot: MaintenanceSlot,
 ) {
-    let logging = CancellationToken::new();
-    tokio::spawn(log_progress(
+    let watching = CancellationToken::new();
+    tokio::spawn(watch(
+        raid.clone(),
+        target,
         progress.clone(),
-        raid.recovery_settings.progress_interval(),
-        logging.clone(),
+        watching.clone(),
     ));
     let outcome = recover(&raid, target, &progress, &limiter).await;
-    logging.cancel();
+    watching.cancel();
     let name = &raid.shared.names[target];
     match outcome {
         Ok(tid) => {
@@ -465,17 +485,49 @@ async fn run(
     }
 }
 
-async fn log_progress(progress: Arc<RecoveryProgress>, every: Duration, stop: CancellationToken) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.tick().await;
+/// Samples the progress once a second (with both storages' sizes, for
+/// the estimate) and logs it every `progress_interval`.
+async fn watch(
+    raid: Arc<Raid>,
+    target: usize,
+    progress: Arc<RecoveryProgress>,
+    stop: CancellationToken,
+) {
+    let every = raid.recovery_settings.progress_interval();
+    let mut logged = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = ticks.tick() => {
-                info!(backend = %progress.target, progress = %progress.describe(), "recovering");
-            }
+            _ = ticks.tick() => {}
+        }
+        let source = {
+            let name = progress.state.lock().source.clone();
+            raid.shared.names.iter().position(|n| *n == name)
+        };
+        let (source_size, target_size) = tokio::join!(
+            async {
+                match source {
+                    Some(source) => storage_size(&raid.backends[source]).await,
+                    None => None,
+                }
+            },
+            storage_size(&raid.backends[target])
+        );
+        progress.sample(source_size, target_size);
+        if logged.elapsed() >= every {
+            logged = Instant::now();
+            info!(backend = %progress.target, progress = %progress.describe(), "recovering");
         }
     }
+}
+
+/// A backend storage's size in bytes, from `get_info`.
+async fn storage_size(backend: &Backend) -> Option<u64> {
+    let info = backend.call("get_info", vec![]).await.ok()?;
+    info.dict_get("size")?
+        .as_int()
+        .and_then(|n| u64::try_from(n).ok())
 }
 
 /// Verifies, copies and catches up; returns the tid the target was
@@ -1106,16 +1158,9 @@ impl TargetWriter<'_> {
         }
         *self.reached = finishing.tid;
         self.copied += 1;
-        self.progress
-            .copied(finishing.tid, finishing.bytes, self.raid.last_tid());
+        self.progress.copied(finishing.tid, finishing.bytes);
         Ok(())
     }
-}
-
-/// A tid's time in seconds on ZODB's TimeStamp scale (months of 31 days):
-/// good for differences, which is what the estimate needs.
-fn tid_seconds(tid: Tid) -> f64 {
-    (tid.0 >> 32) as f64 * 60.0 + (tid.0 & 0xffff_ffff) as f64 * 60.0 / 4_294_967_296.0
 }
 
 fn unix_seconds(time: SystemTime) -> f64 {
@@ -1141,7 +1186,7 @@ fn size_text(bytes: f64) -> String {
 fn duration_text(seconds: f64) -> String {
     let seconds = seconds.round() as u64;
     match seconds {
-        0..=99 => format!("{seconds} s"),
+        0..=99 => format!("{} s", seconds.max(1)),
         100..=5999 => format!("{} min", seconds.div_ceil(60)),
         _ => format!("{:.1} h", seconds as f64 / 3600.0),
     }
@@ -1184,7 +1229,7 @@ mod tests {
     }
 
     #[test]
-    fn the_estimate_follows_the_tid_clock() {
+    fn the_estimate_follows_the_target_storage_growth() {
         let progress = RecoveryProgress::new(
             "b",
             "a",
@@ -1195,21 +1240,28 @@ mod tests {
             },
         );
         progress.set_phase(Phase::Copying);
-        let minute = |m: u64| Tid(m << 32);
         {
             let mut state = progress.state.lock();
-            state.samples =
-                VecDeque::from([(Instant::now() - Duration::from_secs(10), 0, 0, minute(100))]);
-            state.reached = minute(110);
-            state.goal = minute(130);
-            state.copied = 500;
+            let now = Instant::now();
+            let sample = |seconds_ago: u64, copied: u64, target_size: u64| Sample {
+                at: now - Duration::from_secs(seconds_ago),
+                copied,
+                bytes: copied * 100,
+                target_size: Some(target_size),
+            };
+            state.samples = VecDeque::from([sample(4, 0, 1_000_000), sample(0, 200, 3_000_000)]);
+            state.source_size = Some(13_000_000);
+            state.copied = 200;
         }
-        // Ten minutes of history copied in ten seconds, twenty to go.
-        let (rate, _, eta) = RecoveryProgress::rates(&progress.state.lock());
-        assert!((49.0..51.0).contains(&rate), "rate {rate}");
-        let eta = eta.expect("an estimate");
-        assert!((19.0..21.0).contains(&eta), "eta {eta}");
-        assert!(progress.describe().contains("copying from a"));
+        // 2 MB in 4 s, 10 MB to go.
+        let (rate, byte_rate, eta) = RecoveryProgress::rates(&progress.state.lock());
+        assert_eq!((rate, byte_rate), (50.0, 5000.0));
+        assert_eq!(eta, Some(20.0));
+        let text = progress.describe();
+        assert!(
+            text.contains("copying from a") && text.contains("about 20 s left"),
+            "{text}"
+        );
     }
 
     #[test]
