@@ -1,5 +1,6 @@
 //! The zeoraid command: `zeoraid serve --config FILE` runs the server;
-//! `zeoraid status`, `details` and `disable NAME` ask a running one.
+//! `zeoraid status`, `details`, `disable NAME` and `recover NAME` ask a
+//! running one.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 use zeoraid::config::Config;
-use zeoraid::management::{self, Report, Target};
+use zeoraid::management::{self, RecoverOptions, Report, Target};
 
 #[derive(Parser)]
 #[command(version, about = "A RAID-1 proxy for ZEO servers")]
@@ -51,6 +52,56 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Bring a degraded backend up to date from an optimal one, online.
+    ///
+    /// zeoraid compares the backend's newest transaction (every one with
+    /// --full-verify) with the source's, copies the transactions it lacks
+    /// while clients go on committing, and returns it to service. The
+    /// recovery runs inside zeoraid: this prints zeoraid's confirmation and
+    /// exits 0; exit 1 if zeoraid refuses, 3 if it cannot be asked.
+    ///
+    /// With --wait, it then follows the recovery, printing a progress line
+    /// whenever the progress changes: exit 0 when the recovery is done, 1
+    /// when it failed (with the error), 3 when zeoraid cannot be asked any
+    /// more. Interrupting it does not stop the recovery.
+    Recover {
+        /// The degraded backend's name, as in the configuration.
+        name: String,
+        #[command(flatten)]
+        options: RecoverArgs,
+        /// Follow the recovery until it ends.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+/// How a recovery runs; what is not given is zeoraid's to decide.
+#[derive(Args)]
+struct RecoverArgs {
+    /// Compare every transaction the backend holds with the source's, not
+    /// only its newest one.
+    #[arg(long)]
+    full_verify: bool,
+    /// Copy at most N transactions per second, 0 for no limit (default:
+    /// the [recovery] configuration of zeoraid).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(0..))]
+    transactions_per_second: Option<i64>,
+    /// Copy at most N bytes of record data per second, 0 for no limit
+    /// (default: the [recovery] configuration of zeoraid).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(0..))]
+    bytes_per_second: Option<i64>,
+}
+
+impl From<RecoverArgs> for RecoverOptions {
+    fn from(args: RecoverArgs) -> RecoverOptions {
+        RecoverOptions {
+            full_verify: args.full_verify,
+            transactions_per_second: args.transactions_per_second,
+            bytes_per_second: args.bytes_per_second,
+        }
+    }
 }
 
 /// Which running zeoraid a management command asks.
@@ -62,7 +113,7 @@ struct TargetArgs {
     /// The storage name zeoraid serves.
     #[arg(long, value_name = "NAME", default_value = "1")]
     storage: String,
-    /// Seconds the whole exchange may take.
+    /// Seconds the whole exchange may take (with recover --wait: each poll).
     #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = management::parse_timeout)]
     timeout: Duration,
 }
@@ -84,11 +135,30 @@ fn main() -> ExitCode {
         Command::Status { target } => manage(management::status(&target.into())),
         Command::Details { target } => manage(management::details(&target.into())),
         Command::Disable { name, target } => manage(management::disable(&target.into(), &name)),
+        Command::Recover {
+            name,
+            options,
+            wait,
+            target,
+        } => {
+            let (target, options): (Target, RecoverOptions) = (target.into(), options.into());
+            if wait {
+                manage(management::recover_and_wait(
+                    &target,
+                    &name,
+                    &options,
+                    |line| println!("{line}"),
+                ))
+            } else {
+                manage(management::recover(&target, &name, &options))
+            }
+        }
     }
 }
 
 /// Runs one management command and prints its report: plain lines on
 /// stdout for the operator or the monitoring system, errors on stderr.
+/// (`recover --wait` prints its progress itself, as it comes.)
 fn manage(command: impl std::future::Future<Output = Report>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

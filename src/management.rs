@@ -1,19 +1,29 @@
-//! The operator's client: `zeoraid status`, `details` and `disable`.
+//! The operator's client: `zeoraid status`, `details`, `disable` and
+//! `recover`.
 //!
 //! Management goes over the ZEO protocol itself, as calls of zeoraid's
-//! extension methods (`raid_status`, `raid_details`, `raid_disable`), so it
-//! needs no second port, no second listener and no second codec: the same
-//! address a ZODB client uses answers the operator. The client registers
-//! read-only: looking at or disabling a backend must not need the write
-//! access a commit needs, and a read-only session never takes part in the
-//! commit lock.
+//! extension methods (`raid_status`, `raid_details`, `raid_disable`,
+//! `raid_recover`, `raid_recovery`), so it needs no second port, no second
+//! listener and no second codec: the same address a ZODB client uses
+//! answers the operator. The client registers read-only: looking at,
+//! disabling or recovering a backend must not need the write access a
+//! commit needs, and a read-only session never takes part in the commit
+//! lock.
 //!
 //! The network part ([`Session`]) is kept apart from the formatting: what a
 //! command prints and which exit code it returns are pure functions of the
-//! replies ([`status_report`], [`details_report`], [`disable_report`]), so
-//! they are tested without a server. `status` follows the monitoring plugin
-//! conventions (Nagios, Icinga, Sensu): one line on stdout starting with the
-//! state, and exit code 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+//! replies ([`status_report`], [`details_report`], [`confirmation_report`],
+//! [`RecoveryWatch`]), so they are tested without a server. `status`
+//! follows the monitoring plugin conventions (Nagios, Icinga, Sensu): one
+//! line on stdout starting with the state, and exit code 0 OK, 1 WARNING,
+//! 2 CRITICAL, 3 UNKNOWN.
+//!
+//! `recover NAME` only starts the recovery: zeoraid runs it in the
+//! background and answers at once. With `--wait` the client then follows
+//! it, polling `raid_recovery` once a second on the same session, and
+//! prints a progress line whenever the progress changes; the exit code
+//! says how the recovery ended. Interrupting the client does not stop the
+//! recovery.
 
 use std::io;
 use std::time::Duration;
@@ -33,9 +43,16 @@ pub const DEFAULT_SERVER: &str = "127.0.0.1:8100";
 /// an error reply, or an answer that makes no sense.
 pub const EXIT_UNKNOWN: u8 = 3;
 
-/// Exit code of `disable` when zeoraid answered with an error: the request
-/// reached zeoraid and was refused, which is not the same as not knowing.
+/// Exit code of `disable` and `recover` when zeoraid answered with an
+/// error: the request reached zeoraid and was refused, which is not the
+/// same as not knowing.
 pub const EXIT_REFUSED: u8 = 1;
+
+/// Exit code of `recover --wait` when zeoraid reports the recovery failed.
+pub const EXIT_RECOVERY_FAILED: u8 = 1;
+
+/// How often `recover --wait` asks for the recovery's progress.
+const RECOVERY_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Largest frame accepted from zeoraid. The replies themselves are small,
 /// but invalidations for other clients' commits may arrive between them
@@ -173,6 +190,13 @@ impl Session {
                 error,
             }),
         }
+    }
+
+    /// Gives the following calls a fresh timeout, counted from now: a
+    /// session that follows a recovery lives longer than one exchange, but
+    /// each poll must still end on its own.
+    fn renew_deadline(&mut self) {
+        self.deadline = Instant::now() + self.timeout;
     }
 
     /// Calls `method` and returns its reply value; an error reply is
@@ -496,14 +520,351 @@ pub fn details_report(reply: Result<Value, ManagementError>) -> Report {
     }
 }
 
-/// `disable` from the reply to `raid_disable`: the server's confirmation,
-/// or its refusal (exit 1), or why it could not be asked (exit 3).
-pub fn disable_report(reply: Result<Value, ManagementError>) -> Report {
+/// `disable` and `recover` from the reply to `raid_disable` or
+/// `raid_recover`: the server's confirmation, or its refusal (exit 1), or
+/// why it could not be asked (exit 3).
+pub fn confirmation_report(reply: Result<Value, ManagementError>) -> Report {
     match reply {
         Ok(Value::Str(confirmation)) => Report::out(vec![confirmation], 0),
         Ok(other) => Report::out(vec![shown(&other)], 0),
         Err(error @ ManagementError::Remote { .. }) => Report::err(error.to_string(), EXIT_REFUSED),
         Err(error) => Report::err(error.to_string(), EXIT_UNKNOWN),
+    }
+}
+
+/// What the operator asked of a recovery besides the backend's name.
+/// `false` and `None` leave the choice to zeoraid (its defaults and its
+/// `[recovery]` configuration).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoverOptions {
+    /// Compare every transaction the target holds with the source, not
+    /// only its newest one.
+    pub full_verify: bool,
+    /// Transactions copied per second at most; 0 is no limit.
+    pub transactions_per_second: Option<i64>,
+    /// Record data bytes copied per second at most; 0 is no limit.
+    pub bytes_per_second: Option<i64>,
+}
+
+impl RecoverOptions {
+    /// The options dict of `raid_recover`, holding only the keys the
+    /// operator gave, so that everything else stays zeoraid's to decide.
+    pub fn to_value(&self) -> Value {
+        let mut options = Vec::new();
+        if self.full_verify {
+            options.push((Value::str("full_verify"), Value::Bool(true)));
+        }
+        if let Some(limit) = self.transactions_per_second {
+            options.push((Value::str("transactions_per_second"), Value::Int(limit)));
+        }
+        if let Some(limit) = self.bytes_per_second {
+            options.push((Value::str("bytes_per_second"), Value::Int(limit)));
+        }
+        Value::Dict(options)
+    }
+}
+
+/// Where a recovery stands, as `raid_recovery` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryState {
+    Running,
+    Done,
+    Failed,
+}
+
+/// The fields of a `raid_recovery` reply that `recover --wait` shows or
+/// decides on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecoveryReply {
+    /// The backend being recovered (the target).
+    pub backend: String,
+    /// The optimal backend it is copied from at the moment.
+    pub source: String,
+    pub state: RecoveryState,
+    /// `verifying`, `copying`, `finishing`, ...: shown as zeoraid names it.
+    pub phase: String,
+    pub transactions_verified: i64,
+    pub transactions_copied: i64,
+    /// Record data bytes copied.
+    pub bytes_copied: i64,
+    /// The last tid the target holds, in hex.
+    pub tid: String,
+    /// Current rates, over the last few seconds.
+    pub transactions_per_second: f64,
+    pub bytes_per_second: f64,
+    /// Seconds until done, when zeoraid can tell.
+    pub eta_seconds: Option<f64>,
+    /// Unix times.
+    pub started: f64,
+    pub finished: Option<f64>,
+    /// Why the recovery failed.
+    pub error: Option<String>,
+}
+
+impl RecoveryReply {
+    /// Reads a `raid_recovery` reply; `None` means no recovery ran since
+    /// zeoraid started.
+    pub fn parse(reply: &Value) -> Result<Option<RecoveryReply>, String> {
+        if *reply == Value::None {
+            return Ok(None);
+        }
+        if !matches!(reply, Value::Dict(_)) {
+            return Err(format!(
+                "raid_recovery returned {} instead of a dict",
+                shown(reply)
+            ));
+        }
+        let fields = RecoveryFields(reply);
+        let state = match fields.text("state")?.as_str() {
+            "running" => RecoveryState::Running,
+            "done" => RecoveryState::Done,
+            "failed" => RecoveryState::Failed,
+            other => return Err(format!("raid_recovery returned the state {other:?}")),
+        };
+        Ok(Some(RecoveryReply {
+            backend: fields.text("backend")?,
+            source: fields.text("source")?,
+            state,
+            phase: fields.text("phase")?,
+            transactions_verified: fields.int("transactions_verified")?,
+            transactions_copied: fields.int("transactions_copied")?,
+            bytes_copied: fields.int("bytes_copied")?,
+            tid: fields.text("tid")?,
+            transactions_per_second: fields.number("transactions_per_second")?,
+            bytes_per_second: fields.number("bytes_per_second")?,
+            eta_seconds: fields.optional(RecoveryFields::number, "eta_seconds")?,
+            started: fields.number("started")?,
+            finished: fields.optional(RecoveryFields::number, "finished")?,
+            error: fields.optional(RecoveryFields::text, "error")?,
+        }))
+    }
+
+    /// The progress line of a running recovery:
+    /// `b: copying from a, 1200 transactions (3.4 MiB) copied, at
+    /// 03ed4a5b12345678, 45.2 transactions/s (1.1 MiB/s), eta 2m13s`.
+    /// While verifying, the count is of the transactions verified so far.
+    pub fn line(&self) -> String {
+        let count = if self.phase == "verifying" {
+            format!("{} verified", transactions(self.transactions_verified))
+        } else {
+            format!(
+                "{} ({}) copied",
+                transactions(self.transactions_copied),
+                byte_size(self.bytes_copied as f64)
+            )
+        };
+        let eta = match self.eta_seconds.and_then(duration_text) {
+            Some(eta) => format!("eta {eta}"),
+            None => "eta unknown".to_owned(),
+        };
+        one_line(&format!(
+            "{}: {} from {}, {count}, at {}, {:.1} transactions/s ({}/s), {eta}",
+            self.backend,
+            self.phase,
+            self.source,
+            self.tid,
+            self.transactions_per_second,
+            byte_size(self.bytes_per_second)
+        ))
+    }
+
+    /// The last line of a recovery that is done: `b: recovered from a,
+    /// 1 transaction verified, 5000 transactions (14.2 MiB) copied in
+    /// 3m12s, at 03ed4a5b12345678`.
+    pub fn done_line(&self) -> String {
+        let took = self
+            .finished
+            .and_then(|finished| duration_text(finished - self.started))
+            .map(|took| format!(" in {took}"))
+            .unwrap_or_default();
+        one_line(&format!(
+            "{}: recovered from {}, {} verified, {} ({}) copied{took}, at {}",
+            self.backend,
+            self.source,
+            transactions(self.transactions_verified),
+            transactions(self.transactions_copied),
+            byte_size(self.bytes_copied as f64),
+            self.tid
+        ))
+    }
+}
+
+/// Typed access to the fields of a `raid_recovery` dict; every error names
+/// the field.
+struct RecoveryFields<'a>(&'a Value);
+
+impl RecoveryFields<'_> {
+    fn get(&self, key: &str) -> Result<&Value, String> {
+        self.0
+            .dict_get(key)
+            .ok_or_else(|| format!("raid_recovery returned no {key:?}"))
+    }
+
+    fn wrong(key: &str, value: &Value, expected: &str) -> String {
+        format!(
+            "raid_recovery returned {key:?}: {} instead of {expected}",
+            shown(value)
+        )
+    }
+
+    fn text(&self, key: &str) -> Result<String, String> {
+        match self.get(key)? {
+            Value::Str(text) => Ok(text.clone()),
+            other => Err(Self::wrong(key, other, "text")),
+        }
+    }
+
+    fn int(&self, key: &str) -> Result<i64, String> {
+        match self.get(key)? {
+            Value::Int(number) => Ok(*number),
+            other => Err(Self::wrong(key, other, "an integer")),
+        }
+    }
+
+    /// A Python float; an int where a float is expected is as good.
+    fn number(&self, key: &str) -> Result<f64, String> {
+        match self.get(key)? {
+            Value::Float(number) => Ok(*number),
+            Value::Int(number) => Ok(*number as f64),
+            other => Err(Self::wrong(key, other, "a number")),
+        }
+    }
+
+    /// A field that may be `None` (or absent).
+    fn optional<T>(
+        &self,
+        read: fn(&Self, &str) -> Result<T, String>,
+        key: &str,
+    ) -> Result<Option<T>, String> {
+        match self.0.dict_get(key) {
+            None | Some(Value::None) => Ok(None),
+            Some(_) => read(self, key).map(Some),
+        }
+    }
+}
+
+/// `1 transaction`, `5000 transactions`.
+fn transactions(count: i64) -> String {
+    if count == 1 {
+        "1 transaction".to_owned()
+    } else {
+        format!("{count} transactions")
+    }
+}
+
+/// A byte count as an operator reads it: `512 B`, `3.4 MiB`.
+fn byte_size(bytes: f64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{value:.0} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Seconds as `45s`, `2m13s` or `1h02m`; `None` for what is not a
+/// duration (negative, NaN, infinite).
+fn duration_text(seconds: f64) -> Option<String> {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return None;
+    }
+    let seconds = seconds.round() as u64;
+    Some(match seconds {
+        0..=59 => format!("{seconds}s"),
+        60..=3599 => format!("{}m{:02}s", seconds / 60, seconds % 60),
+        _ => format!("{}h{:02}m", seconds / 3600, seconds % 3600 / 60),
+    })
+}
+
+/// What one `raid_recovery` reply means to `recover --wait`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchStep {
+    /// Still running, and nothing changed since the last line printed.
+    Unchanged,
+    /// Still running: print this progress line.
+    Progress(String),
+    /// The wait is over: print the report and exit with its code.
+    Over(Report),
+}
+
+/// Follows one recovery through the replies to `raid_recovery`, printing a
+/// line only when the progress changes.
+pub struct RecoveryWatch {
+    /// The backend whose recovery was started.
+    backend: String,
+    /// The last progress line returned, to stay quiet while it holds.
+    last_line: Option<String>,
+}
+
+impl RecoveryWatch {
+    pub fn new(backend: &str) -> RecoveryWatch {
+        RecoveryWatch {
+            backend: backend.to_owned(),
+            last_line: None,
+        }
+    }
+
+    /// Exit 0 when the recovery is done, 1 when it failed (with zeoraid's
+    /// error), 3 when it cannot be followed any more: unreachable, an
+    /// unexpected answer, or zeoraid reporting no recovery or another
+    /// backend's (so how this one ended is unknown).
+    pub fn observe(&mut self, reply: Result<Value, ManagementError>) -> WatchStep {
+        let progress = reply
+            .map_err(|e| e.to_string())
+            .and_then(|reply| RecoveryReply::parse(&reply))
+            .and_then(|progress| {
+                progress.ok_or_else(|| {
+                    "zeoraid reports no recovery since it started (was it restarted?)".to_owned()
+                })
+            })
+            .and_then(|progress| {
+                if progress.backend == self.backend {
+                    Ok(progress)
+                } else {
+                    Err(format!(
+                        "zeoraid reports a recovery of {} instead",
+                        progress.backend
+                    ))
+                }
+            });
+        let progress = match progress {
+            Ok(progress) => progress,
+            Err(reason) => {
+                // The recovery runs inside zeoraid: losing sight of it does
+                // not stop it, and the operator should know where to look.
+                let message = format!(
+                    "cannot follow the recovery of {}: {reason}; it may still be running \
+                     (see zeoraid details)",
+                    self.backend
+                );
+                return WatchStep::Over(Report::err(one_line(&message), EXIT_UNKNOWN));
+            }
+        };
+        match progress.state {
+            RecoveryState::Running => {
+                let line = progress.line();
+                if self.last_line.as_ref() == Some(&line) {
+                    return WatchStep::Unchanged;
+                }
+                self.last_line = Some(line.clone());
+                WatchStep::Progress(line)
+            }
+            RecoveryState::Done => WatchStep::Over(Report::out(vec![progress.done_line()], 0)),
+            RecoveryState::Failed => {
+                let reason = progress
+                    .error
+                    .as_deref()
+                    .unwrap_or("zeoraid gave no reason");
+                let message = format!("recovery of {} failed: {reason}", self.backend);
+                WatchStep::Over(Report::err(one_line(&message), EXIT_RECOVERY_FAILED))
+            }
+        }
     }
 }
 
@@ -537,7 +898,62 @@ pub async fn disable(target: &Target, backend: &str) -> Report {
             .call("raid_disable", vec![Value::str(backend)])
             .await
     };
-    disable_report(reply.await)
+    confirmation_report(reply.await)
+}
+
+/// The `raid_recover` arguments: the backend's name and the options dict.
+fn recover_args(backend: &str, options: &RecoverOptions) -> Vec<Value> {
+    vec![Value::str(backend), options.to_value()]
+}
+
+/// Runs `recover NAME`: starts the recovery and prints zeoraid's answer.
+pub async fn recover(target: &Target, backend: &str, options: &RecoverOptions) -> Report {
+    let reply = async {
+        Session::open(target)
+            .await?
+            .call("raid_recover", recover_args(backend, options))
+            .await
+    };
+    confirmation_report(reply.await)
+}
+
+/// Runs `recover NAME --wait`: starts the recovery, hands the confirmation
+/// and every changed progress line to `print` as they come, and returns
+/// how the recovery ended. Every poll gets the whole `--timeout`.
+pub async fn recover_and_wait(
+    target: &Target,
+    backend: &str,
+    options: &RecoverOptions,
+    mut print: impl FnMut(&str),
+) -> Report {
+    let mut session = match Session::open(target).await {
+        Ok(session) => session,
+        Err(error) => return confirmation_report(Err(error)),
+    };
+    let started = confirmation_report(
+        session
+            .call("raid_recover", recover_args(backend, options))
+            .await,
+    );
+    if started.exit_code != 0 {
+        return started;
+    }
+    for line in &started.stdout {
+        print(line);
+    }
+    let mut watch = RecoveryWatch::new(backend);
+    let mut polls = tokio::time::interval(RECOVERY_POLL_INTERVAL);
+    // A slow answer delays the next poll rather than causing a burst.
+    polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        polls.tick().await;
+        session.renew_deadline();
+        match watch.observe(session.call("raid_recovery", vec![]).await) {
+            WatchStep::Unchanged => {}
+            WatchStep::Progress(line) => print(&line),
+            WatchStep::Over(report) => return report,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -717,16 +1133,19 @@ mod tests {
 
     #[test]
     fn disable_exit_codes_tell_refused_from_unknown() {
-        let report = disable_report(Ok(Value::str("backend c disabled")));
+        let report = confirmation_report(Ok(Value::str("backend c disabled")));
         assert_eq!(report.stdout, ["backend c disabled"]);
         assert_eq!(report.exit_code, 0);
-        let report = disable_report(Err(remote("builtins.ValueError", "no backend named x")));
+        let report = confirmation_report(Err(remote("builtins.ValueError", "no backend named x")));
         assert_eq!(
             report.stderr,
             ["raid_disable failed: builtins.ValueError: no backend named x"]
         );
         assert_eq!(report.exit_code, EXIT_REFUSED);
-        assert_eq!(disable_report(Err(unreachable())).exit_code, EXIT_UNKNOWN);
+        assert_eq!(
+            confirmation_report(Err(unreachable())).exit_code,
+            EXIT_UNKNOWN
+        );
     }
 
     #[test]
@@ -747,5 +1166,293 @@ mod tests {
         for bad in ["0", "-1", "ten", "", "NaN", "inf"] {
             assert!(parse_timeout(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A `raid_recovery` reply for backend b copied from a, as the
+    /// interface describes it.
+    fn recovery(state: &str, phase: &str) -> Value {
+        let fields = [
+            ("backend", Value::str("b")),
+            ("source", Value::str("a")),
+            ("state", Value::str(state)),
+            ("phase", Value::str(phase)),
+            ("full_verify", Value::Bool(false)),
+            ("transactions_verified", Value::Int(1)),
+            ("transactions_copied", Value::Int(1200)),
+            ("bytes_copied", Value::Int(3_565_158)),
+            ("tid", Value::str("03ed4a5b12345678")),
+            ("transactions_per_second", Value::Float(45.25)),
+            ("bytes_per_second", Value::Float(1_153_434.0)),
+            ("eta_seconds", Value::Float(133.4)),
+            (
+                "limits",
+                Value::Dict(vec![
+                    (Value::str("transactions_per_second"), Value::Int(0)),
+                    (Value::str("bytes_per_second"), Value::Int(0)),
+                ]),
+            ),
+            ("started", Value::Float(1_790_000_000.0)),
+            ("finished", Value::None),
+            ("error", Value::None),
+        ];
+        Value::Dict(
+            fields
+                .into_iter()
+                .map(|(key, value)| (Value::str(key), value))
+                .collect(),
+        )
+    }
+
+    /// `reply` with one field replaced.
+    fn with(mut reply: Value, key: &str, value: Value) -> Value {
+        let Value::Dict(fields) = &mut reply else {
+            panic!("not a dict")
+        };
+        let field = fields
+            .iter_mut()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .expect("a known field");
+        field.1 = value;
+        reply
+    }
+
+    fn over(step: WatchStep) -> Report {
+        match step {
+            WatchStep::Over(report) => report,
+            other => panic!("the wait goes on: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn recover_options_hold_only_the_keys_given() {
+        assert_eq!(RecoverOptions::default().to_value(), Value::Dict(vec![]));
+        let options = RecoverOptions {
+            full_verify: true,
+            transactions_per_second: Some(50),
+            bytes_per_second: Some(0),
+        };
+        assert_eq!(
+            options.to_value(),
+            Value::Dict(vec![
+                (Value::str("full_verify"), Value::Bool(true)),
+                (Value::str("transactions_per_second"), Value::Int(50)),
+                (Value::str("bytes_per_second"), Value::Int(0)),
+            ])
+        );
+        let options = RecoverOptions {
+            bytes_per_second: Some(1_000_000),
+            ..RecoverOptions::default()
+        };
+        assert_eq!(
+            options.to_value(),
+            Value::Dict(vec![(
+                Value::str("bytes_per_second"),
+                Value::Int(1_000_000)
+            )])
+        );
+    }
+
+    #[test]
+    fn recover_confirmation_and_refusal() {
+        let report = confirmation_report(Ok(Value::str("recovery of b started from a")));
+        assert_eq!(report.stdout, ["recovery of b started from a"]);
+        assert_eq!(report.exit_code, 0);
+        let report = confirmation_report(Err(ManagementError::Remote {
+            method: "raid_recover".into(),
+            error: ZeoError::value_error("recovery of c is already running"),
+        }));
+        assert_eq!(
+            report.stderr,
+            ["raid_recover failed: builtins.ValueError: recovery of c is already running"]
+        );
+        assert_eq!(report.exit_code, EXIT_REFUSED);
+        assert_eq!(
+            confirmation_report(Err(unreachable())).exit_code,
+            EXIT_UNKNOWN
+        );
+    }
+
+    #[test]
+    fn progress_lines_show_phase_count_size_tid_rate_and_eta() {
+        let progress = RecoveryReply::parse(&recovery("running", "copying"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            progress.line(),
+            "b: copying from a, 1200 transactions (3.4 MiB) copied, at 03ed4a5b12345678, \
+             45.2 transactions/s (1.1 MiB/s), eta 2m13s"
+        );
+        // While verifying, what moves is the count of verified transactions.
+        let verifying = with(recovery("running", "verifying"), "eta_seconds", Value::None);
+        let verifying = with(verifying, "transactions_per_second", Value::Int(0));
+        let verifying = with(verifying, "bytes_per_second", Value::Int(0));
+        assert_eq!(
+            RecoveryReply::parse(&verifying).unwrap().unwrap().line(),
+            "b: verifying from a, 1 transaction verified, at 03ed4a5b12345678, \
+             0.0 transactions/s (0 B/s), eta unknown"
+        );
+        let done = with(
+            recovery("done", "done"),
+            "finished",
+            Value::Float(1_790_000_192.3),
+        );
+        assert_eq!(
+            RecoveryReply::parse(&done).unwrap().unwrap().done_line(),
+            "b: recovered from a, 1 transaction verified, 1200 transactions (3.4 MiB) copied \
+             in 3m12s, at 03ed4a5b12345678"
+        );
+    }
+
+    #[test]
+    fn sizes_and_durations_read_naturally() {
+        let sizes: Vec<_> = [0.0, 1023.0, 1024.0, 1_572_864.0, 5e12]
+            .into_iter()
+            .map(byte_size)
+            .collect();
+        assert_eq!(sizes, ["0 B", "1023 B", "1.0 KiB", "1.5 MiB", "4.5 TiB"]);
+        let durations: Vec<_> = [0.2, 59.0, 61.0, 3599.4, 3600.0, 90061.0]
+            .into_iter()
+            .map(duration_text)
+            .collect();
+        let durations: Vec<_> = durations.iter().map(|d| d.as_deref()).collect();
+        assert_eq!(
+            durations,
+            [
+                Some("0s"),
+                Some("59s"),
+                Some("1m01s"),
+                Some("59m59s"),
+                Some("1h00m"),
+                Some("25h01m")
+            ]
+        );
+        for not_a_duration in [-1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(duration_text(not_a_duration), None);
+        }
+    }
+
+    #[test]
+    fn a_watch_prints_a_line_only_when_the_progress_changes() {
+        let mut watch = RecoveryWatch::new("b");
+        let first = recovery("running", "copying");
+        let WatchStep::Progress(line) = watch.observe(Ok(first.clone())) else {
+            panic!("no progress line")
+        };
+        assert!(
+            line.starts_with("b: copying from a, 1200 transactions"),
+            "{line}"
+        );
+        assert_eq!(watch.observe(Ok(first.clone())), WatchStep::Unchanged);
+        let further = with(first.clone(), "tid", Value::str("03ed4a5b12345679"));
+        assert!(matches!(
+            watch.observe(Ok(further.clone())),
+            WatchStep::Progress(line) if line.contains("at 03ed4a5b12345679")
+        ));
+        assert_eq!(watch.observe(Ok(further)), WatchStep::Unchanged);
+        // A rate that drops is news too: the operator sees a stall.
+        let stalled = with(first, "transactions_per_second", Value::Float(0.0));
+        assert!(matches!(watch.observe(Ok(stalled)), WatchStep::Progress(_)));
+    }
+
+    #[test]
+    fn a_watch_ends_with_the_recovery() {
+        let mut watch = RecoveryWatch::new("b");
+        let report = over(watch.observe(Ok(recovery("done", "done"))));
+        assert_eq!(
+            report.stdout,
+            [
+                "b: recovered from a, 1 transaction verified, 1200 transactions (3.4 MiB) copied, \
+              at 03ed4a5b12345678"
+            ]
+        );
+        assert_eq!(report.exit_code, 0);
+
+        let error = "b's history differs from a's at tid 03ed4a5b12345678: other records;\n\
+                     give b an empty storage and recover it again";
+        let failed = with(recovery("failed", "failed"), "error", Value::str(error));
+        let report = over(RecoveryWatch::new("b").observe(Ok(failed)));
+        assert!(report.stdout.is_empty());
+        assert_eq!(
+            report.stderr,
+            [
+                "recovery of b failed: b's history differs from a's at tid 03ed4a5b12345678: \
+              other records; give b an empty storage and recover it again"
+            ]
+        );
+        assert_eq!(report.exit_code, EXIT_RECOVERY_FAILED);
+        let report = over(RecoveryWatch::new("b").observe(Ok(recovery("failed", "failed"))));
+        assert_eq!(
+            report.stderr,
+            ["recovery of b failed: zeoraid gave no reason"]
+        );
+    }
+
+    #[test]
+    fn a_recovery_out_of_sight_is_unknown() {
+        let cases = [
+            (Err(unreachable()), "cannot reach zeoraid at 127.0.0.1:8100"),
+            (Ok(Value::None), "no recovery since it started"),
+            (
+                Ok(with(
+                    recovery("running", "copying"),
+                    "backend",
+                    Value::str("c"),
+                )),
+                "a recovery of c instead",
+            ),
+            (
+                Ok(with(
+                    recovery("running", "copying"),
+                    "state",
+                    Value::str("paused"),
+                )),
+                "the state \"paused\"",
+            ),
+            (
+                Ok(with(recovery("running", "copying"), "tid", Value::Int(7))),
+                "\"tid\": 7 instead of text",
+            ),
+            (Ok(Value::str("busy")), "\"busy\" instead of a dict"),
+        ];
+        for (reply, reason) in cases {
+            let report = over(RecoveryWatch::new("b").observe(reply));
+            assert_eq!(report.exit_code, EXIT_UNKNOWN);
+            let message = &report.stderr[0];
+            assert!(
+                message.starts_with("cannot follow the recovery of b: ")
+                    && message.contains(reason)
+                    && message.ends_with("it may still be running (see zeoraid details)"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn details_show_recovery_progress_and_failure() {
+        let report = details_report(Ok(dict(&[
+            ("a", "optimal"),
+            (
+                "b",
+                "recovering: copying from a, 1200 transactions (3.4 MiB) copied, \
+                 at 03ed4a5b12345678, 45.2 transactions/s, eta 2m13s",
+            ),
+            (
+                "c",
+                "degraded: recovery failed: c's history differs from a's at tid 03ed4a5b12345678: \
+                 other records; give c an empty storage and recover it again \
+                 (since 2026-11-29T00:31:02Z)",
+            ),
+        ])));
+        assert_eq!(
+            report.stdout,
+            [
+                "a optimal",
+                "b recovering copying from a, 1200 transactions (3.4 MiB) copied, \
+                 at 03ed4a5b12345678, 45.2 transactions/s, eta 2m13s",
+                "c degraded recovery failed: c's history differs from a's at tid \
+                 03ed4a5b12345678: other records; give c an empty storage and recover it again \
+                 (since 2026-11-29T00:31:02Z)",
+            ]
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! The management commands as an operator or a monitoring system runs
 //! them: the real `zeoraid` binary against an in-process fake zeoraid that
 //! speaks ZEO 5 (msgpack or pickle), answers the `raid_*` methods with
-//! canned values, and records how the client registered.
+//! canned values, and records how the client registered and what it
+//! called.
 
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -19,6 +20,9 @@ struct Canned {
     encoding: Encoding,
     status: Value,
     details: Value,
+    /// The answers to successive `raid_recovery` calls; the last one
+    /// repeats.
+    recoveries: Vec<Value>,
 }
 
 /// What the fake saw.
@@ -87,6 +91,17 @@ async fn serve(stream: TcpStream, canned: Canned, seen: Arc<Mutex<Seen>>) {
                         "no backend named {}",
                         args[0].as_str().unwrap()
                     ))),
+                    "raid_recover" if args[0] == Value::str("b") => {
+                        Ok(Value::str("recovery of b started from a"))
+                    }
+                    "raid_recover" => Err(ZeoError::value_error(format!(
+                        "{} is optimal; only a degraded backend can be recovered",
+                        args[0].as_str().unwrap()
+                    ))),
+                    "raid_recovery" => {
+                        let polls = seen.lock().calls.iter().filter(|c| c.0 == name).count();
+                        Ok(canned.recoveries[(polls - 1).min(canned.recoveries.len() - 1)].clone())
+                    }
                     other => Err(ZeoError::attribute_error(other)),
                 }
             }
@@ -129,7 +144,64 @@ fn canned(encoding: Encoding, status: &str, entries: &[(&str, &str)]) -> Canned 
         encoding,
         status: Value::str(status),
         details: details(entries),
+        recoveries: vec![Value::None],
     }
+}
+
+/// A fake whose recovery of b goes through `recoveries`.
+fn recovering(encoding: Encoding, recoveries: Vec<Value>) -> Canned {
+    Canned {
+        recoveries,
+        ..canned(encoding, "recovering", &[])
+    }
+}
+
+/// A `raid_recovery` answer about the recovery of b from a.
+fn recovery(state: &str, phase: &str, copied: i64, error: Option<&str>) -> Value {
+    let fields = [
+        ("backend", Value::str("b")),
+        ("source", Value::str("a")),
+        ("state", Value::str(state)),
+        ("phase", Value::str(phase)),
+        ("full_verify", Value::Bool(false)),
+        ("transactions_verified", Value::Int(1)),
+        ("transactions_copied", Value::Int(copied)),
+        ("bytes_copied", Value::Int(copied * 2048)),
+        ("tid", Value::str(format!("03ed4a5b{copied:08x}"))),
+        ("transactions_per_second", Value::Float(copied as f64 / 2.0)),
+        ("bytes_per_second", Value::Float(copied as f64 * 1024.0)),
+        (
+            "eta_seconds",
+            if state == "running" {
+                Value::Float(75.0)
+            } else {
+                Value::None
+            },
+        ),
+        (
+            "limits",
+            Value::Dict(vec![
+                (Value::str("transactions_per_second"), Value::Int(0)),
+                (Value::str("bytes_per_second"), Value::Int(0)),
+            ]),
+        ),
+        ("started", Value::Float(1_790_000_000.0)),
+        (
+            "finished",
+            if state == "running" {
+                Value::None
+            } else {
+                Value::Float(1_790_000_002.5)
+            },
+        ),
+        ("error", error.map_or(Value::None, Value::str)),
+    ];
+    Value::Dict(
+        fields
+            .into_iter()
+            .map(|(key, value)| (Value::str(key), value))
+            .collect(),
+    )
 }
 
 /// Runs the binary with `args`, without blocking the fake server's tasks.
@@ -369,5 +441,161 @@ async fn disable_without_zeoraid_exits_3() {
     let server = closed_port().await;
     let output = zeoraid(&["disable", "c", "--server", &server]).await;
     assert!(stderr(&output).contains("cannot reach zeoraid"));
+    assert_eq!(output.status.code(), Some(3));
+}
+
+#[tokio::test]
+async fn recover_passes_only_the_options_given() {
+    let (server, seen) = fake_zeoraid(canned(Encoding::Pickle, "degraded", &[])).await;
+    let output = zeoraid(&["recover", "b", "--server", &server]).await;
+    assert_eq!(stdout(&output), "recovery of b started from a\n");
+    assert_eq!(stderr(&output), "");
+    assert_eq!(output.status.code(), Some(0));
+    assert_one_read_only_registration(&seen);
+    assert_eq!(
+        seen.lock().calls,
+        [(
+            "raid_recover".to_owned(),
+            vec![Value::str("b"), Value::Dict(vec![])]
+        )]
+    );
+
+    let (server, seen) = fake_zeoraid(canned(Encoding::Msgpack, "degraded", &[])).await;
+    let output = zeoraid(&[
+        "recover",
+        "b",
+        "--full-verify",
+        "--transactions-per-second",
+        "50",
+        "--bytes-per-second",
+        "0",
+        "--server",
+        &server,
+    ])
+    .await;
+    assert_eq!(stdout(&output), "recovery of b started from a\n");
+    assert_eq!(output.status.code(), Some(0));
+    let options = Value::Dict(vec![
+        (Value::str("full_verify"), Value::Bool(true)),
+        (Value::str("transactions_per_second"), Value::Int(50)),
+        (Value::str("bytes_per_second"), Value::Int(0)),
+    ]);
+    assert_eq!(
+        seen.lock().calls,
+        [("raid_recover".to_owned(), vec![Value::str("b"), options])]
+    );
+}
+
+#[tokio::test]
+async fn recover_refused_by_zeoraid_exits_1() {
+    let (server, seen) = fake_zeoraid(canned(Encoding::Msgpack, "degraded", &[])).await;
+    let output = zeoraid(&["recover", "a", "--wait", "--server", &server]).await;
+    assert_eq!(stdout(&output), "");
+    assert_eq!(
+        stderr(&output),
+        "zeoraid: raid_recover failed: builtins.ValueError: \
+         a is optimal; only a degraded backend can be recovered\n"
+    );
+    assert_eq!(output.status.code(), Some(1));
+    // Refused, so there is nothing to wait for.
+    let methods: Vec<String> = seen.lock().calls.iter().map(|c| c.0.clone()).collect();
+    assert_eq!(methods, ["raid_recover"]);
+}
+
+#[tokio::test]
+async fn recover_without_zeoraid_exits_3() {
+    let server = closed_port().await;
+    for wait in [&[][..], &["--wait"][..]] {
+        let args = [&["recover", "b", "--server", &server][..], wait].concat();
+        let output = zeoraid(&args).await;
+        assert_eq!(stdout(&output), "");
+        assert_eq!(
+            stderr(&output),
+            format!("zeoraid: cannot reach zeoraid at {server}: connection refused\n")
+        );
+        assert_eq!(output.status.code(), Some(3));
+    }
+}
+
+#[tokio::test]
+async fn recover_wait_follows_the_recovery_until_done() {
+    let (server, seen) = fake_zeoraid(recovering(
+        Encoding::Pickle,
+        vec![
+            recovery("running", "verifying", 0, None),
+            recovery("running", "copying", 600, None),
+            // No progress since the last poll: no line.
+            recovery("running", "copying", 600, None),
+            recovery("done", "done", 1200, None),
+        ],
+    ))
+    .await;
+    let started = Instant::now();
+    let output = zeoraid(&["recover", "b", "--wait", "--server", &server]).await;
+    assert_eq!(
+        stdout(&output),
+        "recovery of b started from a\n\
+         b: verifying from a, 1 transaction verified, at 03ed4a5b00000000, \
+         0.0 transactions/s (0 B/s), eta 1m15s\n\
+         b: copying from a, 600 transactions (1.2 MiB) copied, at 03ed4a5b00000258, \
+         300.0 transactions/s (600.0 KiB/s), eta 1m15s\n\
+         b: recovered from a, 1 transaction verified, 1200 transactions (2.3 MiB) copied \
+         in 3s, at 03ed4a5b000004b0\n"
+    );
+    assert_eq!(stderr(&output), "");
+    assert_eq!(output.status.code(), Some(0));
+    // Four polls, a second apart.
+    assert!(started.elapsed() >= Duration::from_secs(3), "{started:?}");
+    assert_one_read_only_registration(&seen);
+    let methods: Vec<String> = seen.lock().calls.iter().map(|c| c.0.clone()).collect();
+    assert_eq!(
+        methods,
+        [
+            "raid_recover",
+            "raid_recovery",
+            "raid_recovery",
+            "raid_recovery",
+            "raid_recovery"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn recover_wait_reports_a_failed_recovery_and_exits_1() {
+    let error = "b's history differs from a's at tid 03ed4a5b00000001: other data; \
+                 give b an empty storage and recover it again";
+    let (server, _) = fake_zeoraid(recovering(
+        Encoding::Msgpack,
+        vec![
+            recovery("running", "verifying", 0, None),
+            recovery("failed", "failed", 0, Some(error)),
+        ],
+    ))
+    .await;
+    let output = zeoraid(&["recover", "b", "--wait", "--server", &server]).await;
+    assert_eq!(
+        stdout(&output),
+        "recovery of b started from a\n\
+         b: verifying from a, 1 transaction verified, at 03ed4a5b00000000, \
+         0.0 transactions/s (0 B/s), eta 1m15s\n"
+    );
+    assert_eq!(
+        stderr(&output),
+        format!("zeoraid: recovery of b failed: {error}\n")
+    );
+    assert_eq!(output.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn recover_wait_without_a_recovery_to_follow_exits_3() {
+    // zeoraid restarted between the start and the first poll.
+    let (server, _) = fake_zeoraid(recovering(Encoding::Pickle, vec![Value::None])).await;
+    let output = zeoraid(&["recover", "b", "--wait", "--server", &server]).await;
+    assert_eq!(stdout(&output), "recovery of b started from a\n");
+    assert_eq!(
+        stderr(&output),
+        "zeoraid: cannot follow the recovery of b: zeoraid reports no recovery since it \
+         started (was it restarted?); it may still be running (see zeoraid details)\n"
+    );
     assert_eq!(output.status.code(), Some(3));
 }
