@@ -60,7 +60,8 @@ const PIPELINE_BYTES: usize = 32 << 20;
 #[derive(Clone)]
 pub(super) enum Maintenance {
     Idle,
-    Packing,
+    /// Packs running (a second pack queues on the commit lock).
+    Packing(usize),
     Recovering {
         target: usize,
         limiter: Arc<RateLimiter>,
@@ -80,7 +81,11 @@ impl MaintenanceSlot {
 
 impl Drop for MaintenanceSlot {
     fn drop(&mut self) {
-        *self.slot.lock() = Maintenance::Idle;
+        let mut slot = self.slot.lock();
+        *slot = match *slot {
+            Maintenance::Packing(packs) if packs > 1 => Maintenance::Packing(packs - 1),
+            _ => Maintenance::Idle,
+        };
     }
 }
 
@@ -380,7 +385,7 @@ impl Raid {
                         self.shared.names[*target]
                     )))
                 }
-                Maintenance::Packing => {
+                Maintenance::Packing(_) => {
                     return Err(ZeoError::value_error(
                         "a pack is running; recover when it is done".to_owned(),
                     ))
@@ -428,9 +433,12 @@ impl Raid {
                     self.shared.names[*target]
                 )))
             }
-            // Concurrent packs queue on the commit lock, as before.
-            Maintenance::Packing | Maintenance::Idle => {
-                *maintenance = Maintenance::Packing;
+            Maintenance::Packing(packs) => {
+                *maintenance = Maintenance::Packing(packs + 1);
+                Ok(MaintenanceSlot::new(self.maintenance.clone()))
+            }
+            Maintenance::Idle => {
+                *maintenance = Maintenance::Packing(1);
                 Ok(MaintenanceSlot::new(self.maintenance.clone()))
             }
         }
@@ -1262,6 +1270,17 @@ mod tests {
             text.contains("copying from a") && text.contains("about 20 s left"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn overlapping_packs_keep_recoveries_out_until_the_last_ends() {
+        let slot = Arc::new(Mutex::new(Maintenance::Packing(2)));
+        let first = MaintenanceSlot::new(slot.clone());
+        let second = MaintenanceSlot::new(slot.clone());
+        drop(first);
+        assert!(matches!(*slot.lock(), Maintenance::Packing(1)));
+        drop(second);
+        assert!(matches!(*slot.lock(), Maintenance::Idle));
     }
 
     #[test]
