@@ -485,6 +485,15 @@ async fn run(
             info!(backend = %name, %tid, progress = %progress.describe(), "recovery done; backend optimal");
         }
         Err(reason) => {
+            let reason = if raid
+                .shared
+                .stopping
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                format!("interrupted by zeoraid's shutdown; recover it again to resume ({reason})")
+            } else {
+                reason
+            };
             progress.end(Phase::Failed, Some(reason.clone()));
             error!(backend = %name, %reason, "recovery failed; backend stays degraded");
             raid.shared
@@ -605,6 +614,14 @@ async fn recover(
 /// Degrades a failed source and picks another.
 fn replace_source(raid: &Raid, failed: usize, reason: &str) -> Result<usize, String> {
     let name = &raid.shared.names[failed];
+    if raid
+        .shared
+        .stopping
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        // Its connection was closed by the shutdown: not its fault.
+        return Err(format!("interrupted by zeoraid's shutdown ({reason})"));
+    }
     warn!(backend = %name, %reason, "recovery source failed");
     raid.degrade(failed, &format!("failed as recovery source: {reason}"));
     raid.pick_source().ok_or_else(|| {
@@ -1091,7 +1108,8 @@ impl TargetWriter<'_> {
                         self.send("restorea", args).await?;
                     }
                     Item::End => {
-                        let (id, tid, bytes) = open.take().ok_or("an end outside a transaction")?;
+                        // Stays open (aborted on failure) until its vote passed.
+                        let (id, tid, bytes) = open.ok_or("an end outside a transaction")?;
                         let timeout = self.raid.commit_timeout();
                         let vote = self
                             .target
@@ -1102,8 +1120,6 @@ impl TargetWriter<'_> {
                         if let Some(previous) = finishing.take() {
                             self.confirm(previous).await?;
                         }
-                        // Open until finished: aborted if the vote fails.
-                        open = Some((id, tid, bytes));
                         let voted = vote.reply().await.map_err(|e| format!("vote: {e}"))?;
                         if voted
                             .as_seq()
