@@ -312,11 +312,11 @@ impl RecoveryProgress {
         let state = self.state.lock();
         let (txn_rate, byte_rate, eta) = RecoveryProgress::rates(&state);
         let mut text = format!(
-            "{} from {}, {} transactions verified, {} transactions ({}) copied, at {}",
+            "{} from {}, {} verified, {} ({}) copied, at {}",
             state.phase.as_str(),
             state.source,
-            state.verified,
-            state.copied,
+            transactions(state.verified),
+            transactions(state.copied),
             size_text(state.bytes as f64),
             state.reached
         );
@@ -532,7 +532,8 @@ async fn watch(
             storage_size(&raid.backends[target])
         );
         progress.sample(source_size, target_size);
-        if logged.elapsed() >= every {
+        // Ticks come a second apart: log on the one nearest to `every`.
+        if logged.elapsed() + Duration::from_millis(500) >= every {
             logged = Instant::now();
             info!(backend = %progress.target, progress = %progress.describe(), "recovering");
         }
@@ -575,7 +576,7 @@ async fn recover(
         }
         progress.set_source(&raid.shared.names[source]);
         match copy_pass(raid, source, target, &mut reached, Some(limiter), progress).await {
-            Ok(copied) if copied <= FINAL_PASS_THRESHOLD => break,
+            Ok(pass) if pass.complete && pass.copied <= FINAL_PASS_THRESHOLD => break,
             Ok(_) => {}
             Err(Failure::Source(reason)) => source = replace_source(raid, source, &reason)?,
             Err(Failure::Fatal(reason)) => return Err(reason),
@@ -591,7 +592,8 @@ async fn recover(
         }
         progress.set_source(&raid.shared.names[source]);
         match copy_pass(raid, source, target, &mut reached, None, progress).await {
-            Ok(_) => break,
+            Ok(pass) if pass.complete => break,
+            Ok(_) => {}
             Err(Failure::Source(reason)) => source = replace_source(raid, source, &reason)?,
             Err(Failure::Fatal(reason)) => return Err(reason),
         }
@@ -621,6 +623,13 @@ fn replace_source(raid: &Raid, failed: usize, reason: &str) -> Result<usize, Str
     {
         // Its connection was closed by the shutdown: not its fault.
         return Err(format!("interrupted by zeoraid's shutdown ({reason})"));
+    }
+    if raid.optimal_count() == 1 && raid.is_optimal(failed) {
+        // Degrading the last optimal backend for a failed read would stop
+        // the RAID; a backend that is really gone is degraded anyway.
+        return Err(format!(
+            "the source {name} failed ({reason}) and no other optimal backend can be copied from"
+        ));
     }
     warn!(backend = %name, %reason, "recovery source failed");
     raid.degrade(failed, &format!("failed as recovery source: {reason}"));
@@ -967,41 +976,59 @@ async fn copy_pass(
     reached: &mut Tid,
     limiter: Option<&RateLimiter>,
     progress: &RecoveryProgress,
-) -> Result<u64, Failure> {
+) -> Result<Pass, Failure> {
     let (items, received) = mpsc::channel(PIPELINE_ITEMS);
     let budget = Arc::new(Semaphore::new(PIPELINE_BYTES));
     let start = (*reached != Tid::ZERO).then(|| Tid(reached.0 + 1));
+    // Only what zeoraid has committed: anything later on the source is in
+    // flight, or someone else's (which degrades the source).
+    let stop = raid.last_tid();
     let reader = read_source(
         &raid.backends[source],
         start,
+        stop,
         raid.commit_timeout(),
         items,
         budget,
     );
     let mut writer = TargetWriter {
         raid,
+        source,
         target: &raid.backends[target],
         reached,
         copied: 0,
+        source_lost: false,
         progress,
     };
     let (read, written) = tokio::join!(reader, writer.write(received, limiter));
-    let copied = writer.copied;
     written.map_err(Failure::Fatal)?;
-    read.map_err(Failure::Source)?;
-    Ok(copied)
+    if !writer.source_lost {
+        read.map_err(Failure::Source)?;
+    }
+    Ok(Pass {
+        copied: writer.copied,
+        complete: !writer.source_lost,
+    })
+}
+
+/// What a copy pass did.
+struct Pass {
+    copied: u64,
+    /// False if the source was degraded meanwhile and the pass stopped.
+    complete: bool,
 }
 
 /// Streams the source's transactions from `start` (or the beginning) to
-/// its end. Stops quietly when the writer hangs up.
+/// `stop`. Stops quietly when the writer hangs up.
 async fn read_source(
     source: &Backend,
     start: Option<Tid>,
+    stop: Tid,
     timeout: Duration,
     items: mpsc::Sender<Item>,
     budget: Arc<Semaphore>,
 ) -> Result<(), String> {
-    let mut iterator = ServerIterator::start(source, start, None, timeout)
+    let mut iterator = ServerIterator::start(source, start, Some(stop), timeout)
         .await
         .map_err(|e| format!("{}: {e}", source.name()))?;
     let outcome = async {
@@ -1036,9 +1063,13 @@ async fn read_source(
 /// Replays transactions on the target.
 struct TargetWriter<'a> {
     raid: &'a Raid,
+    source: usize,
     target: &'a Backend,
     reached: &'a mut Tid,
     copied: u64,
+    /// Set when the source was degraded during the pass: what it serves
+    /// from then on is not copied.
+    source_lost: bool,
     progress: &'a RecoveryProgress,
 }
 
@@ -1064,6 +1095,14 @@ impl TargetWriter<'_> {
             while let Some(item) = items.recv().await {
                 match item {
                     Item::Begin(txn) => {
+                        // A foreign commit degrades the source before zeoraid
+                        // commits anything after it (the backend's invalidation
+                        // precedes its next vote reply): checked here, such a
+                        // transaction is never copied.
+                        if !self.raid.is_optimal(self.source) {
+                            self.source_lost = true;
+                            break;
+                        }
                         let last = finishing.as_ref().map_or(*self.reached, |f| f.tid);
                         if txn.tid <= last {
                             // Never write a backend's history out of order.
@@ -1190,6 +1229,14 @@ impl TargetWriter<'_> {
 fn unix_seconds(time: SystemTime) -> f64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn transactions(count: u64) -> String {
+    if count == 1 {
+        "1 transaction".to_owned()
+    } else {
+        format!("{count} transactions")
+    }
 }
 
 fn size_text(bytes: f64) -> String {

@@ -888,10 +888,12 @@ const EXTENSION_METHODS: [&str; 5] = [
 ];
 
 /// What a session registered while the RAID cannot serve may call.
-const MANAGEMENT_ONLY_METHODS: [&str; 7] = [
+const MANAGEMENT_ONLY_METHODS: [&str; 8] = [
     "raid_status",
     "raid_details",
     "raid_disable",
+    // Recovery is how a RAID below min_optimal gets back to serving.
+    "raid_recover",
     "raid_recovery",
     "ping",
     "server_status",
