@@ -12,6 +12,7 @@
   `degradations()` lists the log lines of backends it degraded.
 * `stop_backends`: stops several `Backend`s at once.
 * `free_port`, `wait_for_port`, `wait_until`.
+* `file_digest`: the SHA-256 of a file.
 * `compare_histories`: reads several FileStorage files directly (read-only,
   not through ZEO) and checks that they hold the identical history, as the
   backends of one zeoraid must; raises `HistoryMismatch` naming the first
@@ -360,12 +361,15 @@ class Zeoraid:
     port: listen port (a free one if None).
     timeouts: dict for the [timeouts] table, e.g. {'connect': 5, 'call': 30}.
     extra_server: raw TOML lines appended to [server].
+    tables: more TOML tables, {table: {key: value}}, written after
+      [timeouts], e.g. {'recovery': {'transactions_per_second': 100}}
+      (ints stay ints, floats floats, bools booleans, the rest strings).
     env: extra environment; RUST_LOG defaults to "info" unless set.
     """
 
     def __init__(self, backends, storage='1', encoding='msgpack', workdir=None,
                  port=None, timeouts=None, extra_server=(), binary=None,
-                 env=None):
+                 env=None, tables=None):
         _check_encoding(encoding)
         self.binary = binary or zeoraid_binary()
         self.backends = [self._backend_entry(b) for b in backends]
@@ -382,6 +386,8 @@ class Zeoraid:
         self.port = port
         self.timeouts = dict(timeouts or {})
         self.extra_server = list(extra_server)
+        self.tables = {name: dict(values)
+                       for name, values in (tables or {}).items()}
         self.env = dict(env or {})
         self.process = None
 
@@ -418,6 +424,11 @@ class Zeoraid:
             lines.append('[timeouts]')
             for key, value in self.timeouts.items():
                 lines.append(f'{key} = {_toml_value(float(value))}')
+        for table, values in self.tables.items():
+            lines.append('')
+            lines.append(f'[{table}]')
+            for key, value in values.items():
+                lines.append(f'{key} = {_toml_value(value)}')
         for name, address, storage in self.backends:
             lines.extend([
                 '',
@@ -749,6 +760,17 @@ def compare_histories(backends, check_bytes=True):
             filecmp.cmp(backends[0][1], path, shallow=False)
             for _, path in backends[1:])
     return result
+
+
+def file_digest(path):
+    """The SHA-256 of a file's bytes (hex), e.g. to show that a backend's
+    Data.fs was not written to."""
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def add_encoding_options(parser, direct=True):
