@@ -48,6 +48,10 @@ use crate::protocol::{Tid, Value};
 /// it copies).
 const FINAL_PASS_THRESHOLD: u64 = 100;
 
+/// Catch-up passes in a row that did not shrink before the final pass
+/// is run anyway.
+const STALLED_PASSES_BEFORE_FINAL: u32 = 3;
+
 /// Transactions, records and ends of transactions in flight between the
 /// reader and the writer.
 const PIPELINE_ITEMS: usize = 1024;
@@ -140,8 +144,6 @@ struct ProgressState {
     error: Option<String>,
     /// Taken once a second, for the rates and the estimate.
     samples: VecDeque<Sample>,
-    /// The source's storage size (bytes), for the estimate.
-    source_size: Option<u64>,
 }
 
 #[derive(Clone, Copy)]
@@ -149,7 +151,8 @@ struct Sample {
     at: Instant,
     copied: u64,
     bytes: u64,
-    /// The target's storage size (bytes).
+    /// The storages' sizes (bytes).
+    source_size: Option<u64>,
     target_size: Option<u64>,
 }
 
@@ -173,7 +176,6 @@ impl RecoveryProgress {
                 finished: None,
                 error: None,
                 samples: VecDeque::new(),
-                source_size: None,
             }),
         }
     }
@@ -215,10 +217,10 @@ impl RecoveryProgress {
             at: now,
             copied: state.copied,
             bytes: state.bytes,
+            source_size,
             target_size,
         };
         state.samples.push_back(sample);
-        state.source_size = source_size;
         while state.samples.len() > 2 && now.duration_since(state.samples[1].at) >= RATE_WINDOW {
             state.samples.pop_front();
         }
@@ -242,12 +244,22 @@ impl RecoveryProgress {
         }
         let txn_rate = (last.copied - first.copied) as f64 / seconds;
         let byte_rate = (last.bytes - first.bytes) as f64 / seconds;
-        // The target's storage grows towards the source's size; how fast
-        // it has grown lately tells how long the rest takes.
-        let eta = match (state.source_size, first.target_size, last.target_size) {
-            (Some(goal), Some(then), Some(now)) if now > then && state.phase == Phase::Copying => {
-                let growth = (now - then) as f64 / seconds;
-                Some(goal.saturating_sub(now) as f64 / growth)
+        // The target's storage grows towards the source's, which grows
+        // with the live commits: how fast the gap closed lately tells how
+        // long the rest takes (unknown while it does not close).
+        let eta = match (
+            first.source_size,
+            last.source_size,
+            first.target_size,
+            last.target_size,
+        ) {
+            (Some(source_then), Some(source_now), Some(target_then), Some(target_now))
+                if state.phase == Phase::Copying =>
+            {
+                let gap_then = source_then as f64 - target_then as f64;
+                let gap_now = source_now as f64 - target_now as f64;
+                let closing = (gap_then - gap_now) / seconds;
+                (closing > 0.0).then(|| gap_now.max(0.0) / closing)
             }
             _ => None,
         };
@@ -467,7 +479,7 @@ async fn run(
     target: usize,
     progress: Arc<RecoveryProgress>,
     limiter: Arc<RateLimiter>,
-    _slot: MaintenanceSlot,
+    slot: MaintenanceSlot,
 ) {
     let watching = CancellationToken::new();
     tokio::spawn(watch(
@@ -481,6 +493,7 @@ async fn run(
     let name = &raid.shared.names[target];
     match outcome {
         Ok(tid) => {
+            drop(slot);
             progress.end(Phase::Done, None);
             info!(backend = %name, %tid, progress = %progress.describe(), "recovery done; backend optimal");
         }
@@ -494,10 +507,12 @@ async fn run(
             } else {
                 reason
             };
-            progress.end(Phase::Failed, Some(reason.clone()));
             error!(backend = %name, %reason, "recovery failed; backend stays degraded");
+            // Status and details agree before raid_recovery says failed.
             raid.shared
                 .set_degraded_reason(target, &format!("recovery failed: {reason}"));
+            drop(slot);
+            progress.end(Phase::Failed, Some(reason));
         }
     }
 }
@@ -568,6 +583,12 @@ async fn recover(
         }
     };
     progress.set_phase(Phase::Copying);
+    // Passes that copy no fewer transactions than the one before: the live
+    // commits outpace the copy (possible only without a rate limit, at the
+    // copy's top speed). Then the final pass under the commit lock, which
+    // holds commits back, is the only way to finish.
+    let mut previous_pass = u64::MAX;
+    let mut stalled_passes = 0;
     loop {
         if !raid.is_optimal(source) {
             source = raid
@@ -577,6 +598,22 @@ async fn recover(
         progress.set_source(&raid.shared.names[source]);
         match copy_pass(raid, source, target, &mut reached, Some(limiter), progress).await {
             Ok(pass) if pass.complete && pass.copied <= FINAL_PASS_THRESHOLD => break,
+            Ok(pass) if pass.complete => {
+                stalled_passes = if pass.copied >= previous_pass {
+                    stalled_passes + 1
+                } else {
+                    0
+                };
+                previous_pass = pass.copied;
+                if stalled_passes >= STALLED_PASSES_BEFORE_FINAL {
+                    warn!(
+                        backend = %raid.shared.names[target],
+                        backlog = pass.copied,
+                        "commits outpace the recovery; finishing with commits held back"
+                    );
+                    break;
+                }
+            }
             Ok(_) => {}
             Err(Failure::Source(reason)) => source = replace_source(raid, source, &reason)?,
             Err(Failure::Fatal(reason)) => return Err(reason),
@@ -1314,25 +1351,31 @@ mod tests {
         {
             let mut state = progress.state.lock();
             let now = Instant::now();
-            let sample = |seconds_ago: u64, copied: u64, target_size: u64| Sample {
+            let sample = |seconds_ago: u64, copied: u64, source: u64, target: u64| Sample {
                 at: now - Duration::from_secs(seconds_ago),
                 copied,
                 bytes: copied * 100,
-                target_size: Some(target_size),
+                source_size: Some(source),
+                target_size: Some(target),
             };
-            state.samples = VecDeque::from([sample(4, 0, 1_000_000), sample(0, 200, 3_000_000)]);
-            state.source_size = Some(13_000_000);
+            state.samples = VecDeque::from([
+                sample(4, 0, 12_000_000, 1_000_000),
+                sample(0, 200, 13_000_000, 4_000_000),
+            ]);
             state.copied = 200;
         }
-        // 2 MB in 4 s, 10 MB to go.
+        // The gap closed from 11 MB to 9 MB in 4 s.
         let (rate, byte_rate, eta) = RecoveryProgress::rates(&progress.state.lock());
         assert_eq!((rate, byte_rate), (50.0, 5000.0));
-        assert_eq!(eta, Some(20.0));
+        assert_eq!(eta, Some(18.0));
         let text = progress.describe();
         assert!(
-            text.contains("copying from a") && text.contains("about 20 s left"),
+            text.contains("copying from a") && text.contains("about 18 s left"),
             "{text}"
         );
+        // A gap that widens gives no estimate.
+        progress.state.lock().samples[1].source_size = Some(20_000_000);
+        assert_eq!(RecoveryProgress::rates(&progress.state.lock()).2, None);
     }
 
     #[test]
