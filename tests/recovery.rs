@@ -239,3 +239,8 @@ fn only_source_killed_mid_copy_fails_the_recovery() {
 fn recovery_resumes_after_a_zeoraid_restart() {
     scenario(&["restart_resume"]);
 }
+
+#[test]
+fn blob_record_stops_the_recovery_until_blobs_are_supported() {
+    scenario(&["blob_refused"]);
+}

@@ -1224,6 +1224,10 @@ impl TargetWriter<'_> {
             Ok(())
         }
         .await;
+        if let Some(previous) = finishing.take() {
+            // Sent before the failure: count it if the target confirms it.
+            let _ = self.confirm(previous).await;
+        }
         if let Some((id, _, _)) = open {
             // A transaction the pass could not complete: abort it, or drop
             // the connection (which aborts it) if even that fails.

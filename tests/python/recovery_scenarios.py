@@ -71,6 +71,12 @@ zeoraid_testing.compare_histories.
                  verifies 1 transaction and copies exactly the transactions
                  after b's newest at the restart (nothing twice); histories
                  identical.
+  blob_refused   a's history (written directly, with a blob dir) holds a
+                 transaction storing a ZODB blob: recovering an empty b
+                 copies the transactions before it, then fails naming the
+                 blob transaction; b stays degraded (until issue 5).
+                 empty_target also checks that the recovered backend's own
+                 oid counter is above every oid it holds.
 
 Clients committing during a recovery are paced (--load-rate, transactions
 a second each; 0 = flat out): the recovery copies one transaction at a time
@@ -897,6 +903,7 @@ def scenario_empty_target(rig, args):
     check(info['bytes_copied'] > 0, f'bytes_copied is {info["bytes_copied"]}')
     wait_optimal(db, 10, 'after the recovery of b')
     writer.check_values(db, 'after the recovery')
+    check_oid_counter(b, a.data_fs)
     writer2 = Writer(db, 'after')
     writer2.run(5)
     writer2.close()
@@ -910,6 +917,85 @@ def scenario_empty_target(rig, args):
          f'{info["transactions_copied"]} transactions ({backpointers} '
          f'back-pointers, {uncreations} undone creations), '
          f'{info["bytes_copied"]} bytes; histories identical')
+
+
+def check_oid_counter(backend, reference_path):
+    """The recovered backend's own oid counter is level with the history
+    it now holds: a new_oid asked of it directly is above every oid in
+    `reference_path` (so new_oids stays unique even when zeoraid's state
+    and the source are gone)."""
+    fs = FileStorage(reference_path, read_only=True)
+    try:
+        highest = max(record.oid for txn in fs.iterator() for record in txn)
+    finally:
+        fs.close()
+    storage = ClientStorage(('127.0.0.1', backend.port), '1',
+                            wait_timeout=10)
+    try:
+        fresh = storage.new_oid()
+    finally:
+        storage.close()
+    check(fresh > highest,
+          f'backend {backend.name} hands out oid {fresh.hex()} after the '
+          f'recovery, but oid {highest.hex()} is in its history')
+
+
+def write_history_with_blob(path, blob_dir, before, after):
+    """Writes `before` plain transactions, one storing a ZODB blob, and
+    `after` plain ones into a new FileStorage (with a blob dir); returns
+    the blob transaction's tid."""
+    import ZODB.blob
+    storage = ZODB.blob.BlobStorage(blob_dir, FileStorage(path))
+    db = ZODB.DB(storage)
+    try:
+        conn = db.open()
+        root = conn.root()
+        for i in range(before):
+            root[f'plain-{i}'] = MinPO(i)
+            transaction.commit()
+        blob = ZODB.blob.Blob()
+        with blob.open('w') as f:
+            f.write(b'the blob a recovery must not lose' * 100)
+        root['blob'] = blob
+        transaction.commit()
+        blob_tid = root._p_serial
+        for i in range(after):
+            root[f'later-{i}'] = MinPO(i)
+            transaction.commit()
+        conn.close()
+        return blob_tid
+    finally:
+        db.close()
+
+
+def scenario_blob_refused(rig, args):
+    """Until zeoraid carries blobs, a transaction with a blob record stops
+    the recovery with an error naming it; what came before is copied."""
+    a, b = new_backends(rig, 'ab')
+    os.makedirs(os.path.dirname(a.data_fs), exist_ok=True)
+    blob_tid = write_history_with_blob(
+        a.data_fs, os.path.join(rig.workdir, 'blobs-a'), 20, 5)
+    tids, _, _, _ = history_facts(a.data_fs)
+    before = tids[:tids.index(blob_tid)]
+    start_all([a, b])
+    raid = rig.zeoraid([a, b])
+    raid.start()
+    db = rig.db(raid)
+    recovery = Recovery(db, 'b')
+    info = recovery.wait_failed(30)
+    check('blob' in info['error'] and blob_tid.hex() in info['error'],
+          f'the recovery failed with {info["error"]!r}, expected an error '
+          f'naming the blob transaction {blob_tid.hex()}')
+    check(info['transactions_copied'] == len(before),
+          f'{info["transactions_copied"]} transactions copied, expected the '
+          f'{len(before)} before the blob transaction')
+    check_degraded(db, 'b', 'recovery failed', 'after the blob refusal')
+    check(zeo_last_transaction(b) == before[-1],
+          f'b ends at {zeo_last_transaction(b).hex()}, expected the '
+          f'transaction before the blob one, {before[-1].hex()}')
+    stop_all(rig, raid, [a, b], [db])
+    note(f'blob transaction {blob_tid.hex()} refused after '
+         f'{len(before)} transactions copied; b left degraded')
 
 
 def remove_storage(backend):
@@ -1441,6 +1527,7 @@ SCENARIOS = {
     'kill_target': scenario_kill_target,
     'kill_source': scenario_kill_source,
     'restart_resume': scenario_restart_resume,
+    'blob_refused': scenario_blob_refused,
 }
 
 # Transactions each scenario writes (--transactions overrides).
@@ -1453,6 +1540,7 @@ DEFAULT_TRANSACTIONS = {
     'kill_target': 300,
     'kill_source': 300,
     'restart_resume': 400,
+    'blob_refused': 0,
 }
 
 
