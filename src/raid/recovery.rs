@@ -41,7 +41,7 @@ use super::commit::same_value;
 use super::rate::{Limits, RateLimiter};
 use super::Raid;
 use crate::backend::{Backend, CallError, PendingReply};
-use crate::protocol::{Tid, Value};
+use crate::protocol::{Tid, Value, ZeoError};
 
 /// A catch-up pass that copied at most this many transactions is followed
 /// by the final pass under the commit lock (which holds up commits while
@@ -61,7 +61,6 @@ const PIPELINE_ITEMS: usize = 1024;
 const PIPELINE_BYTES: usize = 32 << 20;
 
 /// What runs besides commits; a recovery and a pack exclude each other.
-#[derive(Clone)]
 pub(super) enum Maintenance {
     Idle,
     /// Packs running (a second pack queues on the commit lock).
@@ -178,14 +177,6 @@ impl RecoveryProgress {
                 samples: VecDeque::new(),
             }),
         }
-    }
-
-    pub fn target(&self) -> &str {
-        &self.target
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.state.lock().finished.is_none()
     }
 
     fn set_source(&self, source: &str) {
@@ -360,8 +351,7 @@ impl Raid {
         self: &Arc<Self>,
         name: &str,
         options: RecoveryOptions,
-    ) -> Result<String, crate::protocol::ZeoError> {
-        use crate::protocol::ZeoError;
+    ) -> Result<String, ZeoError> {
         let target = self.backend_index(name)?;
         if self.is_optimal(target) {
             return Err(ZeoError::value_error(format!(
@@ -436,24 +426,20 @@ impl Raid {
     }
 
     /// Takes the maintenance slot for a pack, unless a recovery holds it.
-    pub fn start_pack(&self) -> Result<MaintenanceSlot, crate::protocol::ZeoError> {
+    pub fn start_pack(&self) -> Result<MaintenanceSlot, ZeoError> {
         let mut maintenance = self.maintenance.lock();
-        match &*maintenance {
+        let packs = match &*maintenance {
             Maintenance::Recovering { target, .. } => {
-                Err(crate::protocol::ZeoError::storage(format!(
+                return Err(ZeoError::storage(format!(
                     "pack refused: backend {} is being recovered; pack when the recovery is done",
                     self.shared.names[*target]
                 )))
             }
-            Maintenance::Packing(packs) => {
-                *maintenance = Maintenance::Packing(packs + 1);
-                Ok(MaintenanceSlot::new(self.maintenance.clone()))
-            }
-            Maintenance::Idle => {
-                *maintenance = Maintenance::Packing(1);
-                Ok(MaintenanceSlot::new(self.maintenance.clone()))
-            }
-        }
+            Maintenance::Packing(packs) => *packs,
+            Maintenance::Idle => 0,
+        };
+        *maintenance = Maintenance::Packing(packs + 1);
+        Ok(MaintenanceSlot::new(self.maintenance.clone()))
     }
 
     /// The running recovery's target and rate limiter.
@@ -678,7 +664,7 @@ fn replace_source(raid: &Raid, failed: usize, reason: &str) -> Result<usize, Str
 async fn last_transaction(backend: &Backend) -> Result<Tid, CallError> {
     let reply = backend.call("lastTransaction", vec![]).await?;
     Tid::from_value(&reply).ok_or_else(|| {
-        CallError::Remote(crate::protocol::ZeoError::storage(format!(
+        CallError::Remote(ZeoError::storage(format!(
             "lastTransaction returned {}",
             reply.summary()
         )))
