@@ -570,57 +570,42 @@ async fn recover(
     };
     progress.set_phase(Phase::Copying);
     // Passes that copy no fewer transactions than the one before: the live
-    // commits outpace the copy (possible only without a rate limit, at the
-    // copy's top speed). Then the final pass under the commit lock, which
-    // holds commits back, is the only way to finish.
+    // commits outpace the copy's top speed (the rate limit always yields
+    // to them). Then the final pass under the commit lock, which holds
+    // commits back, is the only way to finish.
     let mut previous_pass = u64::MAX;
     let mut stalled_passes = 0;
     loop {
-        if !raid.is_optimal(source) {
-            source = raid
-                .pick_source()
-                .ok_or("no optimal backend left to copy from")?;
+        let copied = complete_pass(
+            raid,
+            &mut source,
+            target,
+            &mut reached,
+            Some(limiter),
+            progress,
+        )
+        .await?;
+        if copied <= FINAL_PASS_THRESHOLD {
+            break;
         }
-        progress.set_source(&raid.shared.names[source]);
-        match copy_pass(raid, source, target, &mut reached, Some(limiter), progress).await {
-            Ok(pass) if pass.complete && pass.copied <= FINAL_PASS_THRESHOLD => break,
-            Ok(pass) if pass.complete => {
-                stalled_passes = if pass.copied >= previous_pass {
-                    stalled_passes + 1
-                } else {
-                    0
-                };
-                previous_pass = pass.copied;
-                if stalled_passes >= STALLED_PASSES_BEFORE_FINAL {
-                    warn!(
-                        backend = %raid.shared.names[target],
-                        backlog = pass.copied,
-                        "commits outpace the recovery; finishing with commits held back"
-                    );
-                    break;
-                }
-            }
-            Ok(_) => {}
-            Err(Failure::Source(reason)) => source = replace_source(raid, source, &reason)?,
-            Err(Failure::Fatal(reason)) => return Err(reason),
+        stalled_passes = if copied >= previous_pass {
+            stalled_passes + 1
+        } else {
+            0
+        };
+        previous_pass = copied;
+        if stalled_passes >= STALLED_PASSES_BEFORE_FINAL {
+            warn!(
+                backend = %raid.shared.names[target],
+                backlog = copied,
+                "commits outpace the recovery; finishing with commits held back"
+            );
+            break;
         }
     }
     progress.set_phase(Phase::Finishing);
     let _commits = raid.lock_commits().await;
-    loop {
-        if !raid.is_optimal(source) {
-            source = raid
-                .pick_source()
-                .ok_or("no optimal backend left to copy from")?;
-        }
-        progress.set_source(&raid.shared.names[source]);
-        match copy_pass(raid, source, target, &mut reached, None, progress).await {
-            Ok(pass) if pass.complete => break,
-            Ok(_) => {}
-            Err(Failure::Source(reason)) => source = replace_source(raid, source, &reason)?,
-            Err(Failure::Fatal(reason)) => return Err(reason),
-        }
-    }
+    complete_pass(raid, &mut source, target, &mut reached, None, progress).await?;
     let last = raid.last_tid();
     let target_backend = &raid.backends[target];
     let target_last = last_transaction(target_backend)
@@ -634,6 +619,38 @@ async fn recover(
     }
     raid.shared.mark_recovered(target, last)?;
     Ok(last)
+}
+
+/// Copies from `reached` to the RAID's last tid, from `source` or, when
+/// it fails or is degraded meanwhile, from another optimal backend;
+/// returns how many transactions were copied.
+async fn complete_pass(
+    raid: &Raid,
+    source: &mut usize,
+    target: usize,
+    reached: &mut Tid,
+    limiter: Option<&RateLimiter>,
+    progress: &RecoveryProgress,
+) -> Result<u64, String> {
+    let mut copied = 0;
+    loop {
+        if !raid.is_optimal(*source) {
+            *source = raid
+                .pick_source()
+                .ok_or("no optimal backend left to copy from")?;
+        }
+        progress.set_source(&raid.shared.names[*source]);
+        match copy_pass(raid, *source, target, reached, limiter, progress).await {
+            Ok(pass) => {
+                copied += pass.copied;
+                if pass.complete {
+                    return Ok(copied);
+                }
+            }
+            Err(Failure::Source(reason)) => *source = replace_source(raid, *source, &reason)?,
+            Err(Failure::Fatal(reason)) => return Err(reason),
+        }
+    }
 }
 
 /// Degrades a failed source and picks another.
