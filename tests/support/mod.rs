@@ -12,13 +12,15 @@
 //!   `<target dir>/zeoraid-pyenv/<hash>/`, and returns its interpreter.
 //! * [`ZeoServer`]: `runzeo` serving a FileStorage in its own temp dir.
 //! * [`ZeoraidProcess`]: `zeoraid serve --config` with a generated config.
-//! * [`run_python`]: runs a script of `tests/python/` with the venv.
+//! * [`run_python`]: runs a script of `tests/python/` with the venv;
+//!   [`scenario::Script`] runs one scenario of a scenario script.
 //!
 //! Every child process is killed when its owner is dropped (also while a
 //! failing test unwinds).
 #![allow(dead_code)]
 
 pub mod raw_client;
+pub mod scenario;
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
