@@ -14,14 +14,16 @@
 //! - [`server`]: the ZEO front end: listener, per-client sessions and
 //!   their transactions, argument checks, status, graceful shutdown.
 //! - [`config`]: the TOML configuration and its validation.
-//! - [`management`]: the operator's side: `zeoraid status`, `details` and
-//!   `disable` as a read-only ZEO client of zeoraid's `raid_*` methods, and
+//! - [`display`]: how counts and sizes read in operator-facing text.
+//! - [`management`]: the operator's side: `zeoraid status`, `details`,
+//!   `disable` and `recover` as a read-only ZEO client of zeoraid's `raid_*` methods, and
 //!   what they print and exit with.
 
 #![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod config;
+pub mod display;
 pub mod management;
 pub mod protocol;
 pub mod raid;

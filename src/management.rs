@@ -33,6 +33,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::display::{byte_size, transactions};
 use crate::protocol::framing::{frame_reader, FrameReader, FrameWriter};
 use crate::protocol::{Encoding, Message, MessageKind, Value, ZeoError};
 
@@ -645,11 +646,14 @@ impl RecoveryReply {
     /// While verifying, the count is of the transactions verified so far.
     pub fn line(&self) -> String {
         let count = if self.phase == "verifying" {
-            format!("{} verified", transactions(self.transactions_verified))
+            format!(
+                "{} verified",
+                transactions(count(self.transactions_verified))
+            )
         } else {
             format!(
                 "{} ({}) copied",
-                transactions(self.transactions_copied),
+                transactions(count(self.transactions_copied)),
                 byte_size(self.bytes_copied as f64)
             )
         };
@@ -681,8 +685,8 @@ impl RecoveryReply {
             "{}: recovered from {}, {} verified, {} ({}) copied{took}, at {}",
             self.backend,
             self.source,
-            transactions(self.transactions_verified),
-            transactions(self.transactions_copied),
+            transactions(count(self.transactions_verified)),
+            transactions(count(self.transactions_copied)),
             byte_size(self.bytes_copied as f64),
             self.tid
         ))
@@ -743,29 +747,9 @@ impl RecoveryFields<'_> {
     }
 }
 
-/// `1 transaction`, `5000 transactions`.
-fn transactions(count: i64) -> String {
-    if count == 1 {
-        "1 transaction".to_owned()
-    } else {
-        format!("{count} transactions")
-    }
-}
-
-/// A byte count as an operator reads it: `512 B`, `3.4 MiB`.
-fn byte_size(bytes: f64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = bytes;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{value:.0} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+/// A count as reported (never negative from zeoraid).
+fn count(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
 }
 
 /// Seconds as `45s`, `2m13s` or `1h02m`; `None` for what is not a

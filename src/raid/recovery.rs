@@ -41,6 +41,7 @@ use super::commit::same_value;
 use super::rate::{Limits, RateLimiter};
 use super::Raid;
 use crate::backend::{Backend, CallError, PendingReply};
+use crate::display::{byte_size, transactions};
 use crate::protocol::{Tid, Value, ZeoError};
 
 /// A catch-up pass that copied at most this many transactions is followed
@@ -320,13 +321,13 @@ impl RecoveryProgress {
             state.source,
             transactions(state.verified),
             transactions(state.copied),
-            size_text(state.bytes as f64),
+            byte_size(state.bytes as f64),
             state.reached
         );
         if txn_rate > 0.0 {
             text.push_str(&format!(
                 ", {txn_rate:.0} transactions/s ({}/s)",
-                size_text(byte_rate)
+                byte_size(byte_rate)
             ));
         }
         if let Some(eta) = eta {
@@ -1275,29 +1276,6 @@ fn unix_seconds(time: SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn transactions(count: u64) -> String {
-    if count == 1 {
-        "1 transaction".to_owned()
-    } else {
-        format!("{count} transactions")
-    }
-}
-
-fn size_text(bytes: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 fn duration_text(seconds: f64) -> String {
     let seconds = seconds.round() as u64;
     match seconds {
@@ -1397,9 +1375,7 @@ mod tests {
     }
 
     #[test]
-    fn sizes_and_durations_read_well() {
-        assert_eq!(size_text(512.0), "512 B");
-        assert_eq!(size_text(3.5 * 1024.0 * 1024.0), "3.5 MiB");
+    fn durations_read_well() {
         assert_eq!(duration_text(42.0), "42 s");
         assert_eq!(duration_text(600.0), "10 min");
         assert_eq!(duration_text(7200.0), "2.0 h");
