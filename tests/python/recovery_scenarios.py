@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Online recovery scenarios: real runzeo backends, real ZODB clients, one
 zeoraid, and `raid_recover` / `raid_recovery` called as ZEO extension
-methods (see notes/recovery-interface.md for the interface).
+methods (see docs/recovery.md for the interface).
 
 Every subcommand starts its own backends (`runzeo` subprocesses named a, b,
 c, as in raid_scenarios.py, so that they can be killed with SIGKILL and
