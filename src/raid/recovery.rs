@@ -733,6 +733,11 @@ async fn verify(
     }
 }
 
+/// What differs when the target holds a transaction the source lacks;
+/// a pack while the target was degraded is the innocent cause.
+const NOT_IN_SOURCE: &str =
+    "the source has no such transaction (a pack since the target was degraded removes some)";
+
 enum Mismatch {
     Source(String),
     Target(String),
@@ -751,12 +756,7 @@ async fn compare(
         let target_txn = ours.next_txn().await.map_err(Mismatch::Target)?;
         let (source_txn, target_txn) = match (source_txn, target_txn) {
             (None, None) => return Ok(()),
-            (None, Some(t)) => {
-                return Err(Mismatch::Differs(
-                    t.tid,
-                    "the source has no such transaction".into(),
-                ))
-            }
+            (None, Some(t)) => return Err(Mismatch::Differs(t.tid, NOT_IN_SOURCE.into())),
             (Some(s), None) => {
                 return Err(Mismatch::Differs(
                     s.tid,
@@ -768,7 +768,7 @@ async fn compare(
         if source_txn.tid != target_txn.tid {
             let tid = source_txn.tid.min(target_txn.tid);
             let what = if tid == target_txn.tid {
-                "the source has no such transaction"
+                NOT_IN_SOURCE
             } else {
                 "the target lacks this transaction"
             };

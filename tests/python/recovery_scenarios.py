@@ -53,8 +53,10 @@ zeoraid_testing.compare_histories.
                  recovery runs: raid_status 'recovering'; recovering c (or
                  b again) refused naming b; recovering optimal a refused;
                  an unknown backend refused; a pack refused with an error
-                 naming b and 'recover'. Then c is recovered, and a pack
-                 goes through.
+                 naming b and 'recover'. While a pack runs (b held with
+                 SIGSTOP), recovering c is refused naming the pack. Then c
+                 (whose history the pack made differ) is recovered from an
+                 empty storage, and a pack goes through.
   kill_target    kill -9 of b mid-copy (rate-limited, two clients
                  committing): the recovery fails, b is degraded with
                  'recovery failed: ...', the clients see no error; b
@@ -1305,6 +1307,28 @@ def scenario_refusals(rig, args):
           f'the refusals ended the recovery of b: {info}')
     writer.run(5)
     recovery.wait_done(60)
+    # And the other way round: a recovery is refused while a pack runs
+    # (b held with SIGSTOP keeps the pack running).
+    b.sigstop()
+    packing = threading.Thread(target=db.pack, daemon=True)
+    try:
+        packing.start()
+        time.sleep(0.5)
+        during_pack = expect_refusal(
+            lambda: recover(db, 'c'), 'builtins.ValueError', ['pack'],
+            'raid_recover of c while a pack runs')
+    finally:
+        b.sigcont()
+    packing.join(30)
+    check(not packing.is_alive(), 'the pack did not end after SIGCONT of b')
+    # The pack dropped transactions c (degraded meanwhile) still holds:
+    # its history is no longer a prefix of the others', so it starts from
+    # an empty storage.
+    c.stop()
+    remove_storage(c)
+    handshakes = c.handshakes_logged()
+    c.start()
+    wait_connected(rig, c, handshakes, 'after c got an empty storage')
     recovery_c = Recovery(db, 'c')
     recovery_c.wait_done(30)
     wait_optimal(db, 10, 'after b and c were recovered')
@@ -1314,7 +1338,8 @@ def scenario_refusals(rig, args):
     stop_all(rig, raid, [a, b, c], [db])
     compare([a, b, c], 'after both recoveries and a pack')
     note(f'refused while b was recovered: c ({second!r}), pack ({pack!r}),'
-         ' optimal a, unknown x; then c recovered and the pack went through')
+         f' optimal a, unknown x; while a pack ran: c ({during_pack!r}); '
+         'then c recovered and the pack went through')
 
 
 def scenario_kill_target(rig, args):
