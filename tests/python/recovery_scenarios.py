@@ -40,7 +40,8 @@ zeoraid_testing.compare_histories.
                  tid without writing to b; an incremental recovery of b
                  (newest transaction only) then passes, leaving the earlier
                  difference, which compare_histories finds.
-  rate_limit     [recovery] transactions_per_second = 100 in the config,
+  rate_limit     [recovery] transactions_per_second = 100 in the config
+                 (and progress_interval = 1: progress lines in the log),
                  400 transactions to copy: the recovery takes at least
                  400/100 s minus 1 s, raid_recovery() reports the limit and
                  a rate near it and an ETA, raid_details says 'recovering:
@@ -1159,7 +1160,8 @@ def scenario_rate_limit(rig, args):
     todo = args.transactions
     a, b = new_backends(rig, 'ab')
     start_all([a, b])
-    raid = rig.zeoraid([a, b], recovery={'transactions_per_second': limit})
+    raid = rig.zeoraid([a, b], recovery={'transactions_per_second': limit,
+                                         'progress_interval': 1})
     raid.start()
     db = rig.db(raid)
     writer = Writer(db, 'w')
@@ -1210,13 +1212,20 @@ def scenario_rate_limit(rig, args):
           f'raid_details["b"] never said "recovering: ..." while copying: '
           f'{sorted(set(details_seen))[:5]}')
     wait_optimal(db, 10, 'after the recovery')
+    # progress_interval = 1: a progress line about every second.
+    logged = [line for line in raid.log().splitlines()
+              if 'recovering backend=b progress=copying from a' in line]
+    check(len(logged) >= int(seconds) - 2,
+          f'{len(logged)} progress lines logged in a {seconds:.1f} s '
+          f'recovery with progress_interval 1: {logged[:3]}')
     writer.check_values(db, 'after the recovery')
     writer.close()
     stop_all(rig, raid, [a, b], [db])
     compare([a, b], 'after the rate-limited recovery')
     note(f'{todo} transactions at {limit}/s: {recovery.seconds():.2f} s '
          f'(at least {minimum:.1f} s expected), reported rates '
-         f'{min(rates):.0f}..{max(rates):.0f}/s; histories identical')
+         f'{min(rates):.0f}..{max(rates):.0f}/s, {len(logged)} progress '
+         'lines logged; histories identical')
 
 
 def scenario_rate_limit_under_load(rig, args):
