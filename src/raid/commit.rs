@@ -261,10 +261,49 @@ async fn replay(
             reason: format!("cannot read the spooled transaction: {error}"),
         })?;
         let Some((method, mut args)) = op else { break };
+        if method == "storeBlobEnd" {
+            // The log holds the blob's file path where ZEO has the txn id.
+            let path = args.pop().unwrap_or(Value::None);
+            send_blob_file(backend, path.as_str().unwrap_or_default()).await?;
+        }
         args.push(txn.clone());
         backend.one_way(method, args).await?;
     }
     backend.call_timeout("vote", vec![txn], timeout).await
+}
+
+/// Blob data goes to a backend in chunks of this size.
+const BLOB_CHUNK: usize = 1 << 20;
+
+/// Streams a spooled blob file to a backend: `storeBlobStart`, then
+/// `storeBlobChunk`s; the caller sends `storeBlobEnd`. Each replay reads
+/// the file on its own, so memory stays at one chunk per backend.
+async fn send_blob_file(backend: &Backend, path: &str) -> Result<(), CallError> {
+    use tokio::io::AsyncReadExt;
+    let unreadable = |error: std::io::Error| CallError::Disconnected {
+        backend: backend.name().to_owned(),
+        reason: format!("cannot read the spooled blob {path}: {error}"),
+    };
+    let mut file = tokio::fs::File::open(path).await.map_err(unreadable)?;
+    backend.one_way("storeBlobStart", vec![]).await?;
+    loop {
+        let mut chunk = bytes::BytesMut::with_capacity(BLOB_CHUNK);
+        while chunk.len() < BLOB_CHUNK {
+            if file.read_buf(&mut chunk).await.map_err(unreadable)? == 0 {
+                break;
+            }
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let last = chunk.len() < BLOB_CHUNK;
+        backend
+            .one_way("storeBlobChunk", vec![Value::Bytes(chunk.freeze())])
+            .await?;
+        if last {
+            return Ok(());
+        }
+    }
 }
 
 /// Aborts one backend's transaction; a backend that cannot abort is

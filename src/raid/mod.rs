@@ -10,6 +10,7 @@
 //! confirmed (see `state`). The core also owns the invalidation fan-out and
 //! history, the oid allocator and the tid clock.
 
+mod blobs;
 mod commit;
 pub mod invalidations;
 mod oids;
@@ -139,6 +140,7 @@ struct Shared {
     min_optimal: usize,
     fail_mode: FailMode,
     stats: Stats,
+    blobs: blobs::BlobDownloads,
 }
 
 pub struct Raid {
@@ -201,6 +203,7 @@ impl Raid {
             min_optimal: config.server.min_optimal,
             fail_mode: config.server.fail_mode,
             stats: Stats::default(),
+            blobs: blobs::BlobDownloads::new(config.backends.len()),
         });
         let timeouts = &config.timeouts;
         let backends: Vec<Backend> = config
@@ -882,6 +885,9 @@ impl BackendObserver for Observer {
                     let message = Arc::new(Message::one_way("info", vec![info]));
                     fan_out(&inner, &message, None);
                 }
+            }
+            "receiveBlobStart" | "receiveBlobChunk" | "receiveBlobStop" => {
+                shared.blobs.message(self.index, &message)
             }
             other => warn!(
                 backend,

@@ -19,12 +19,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::protocol::{msgpack, Value};
 
 /// The logged write methods; a spooled operation records its index here.
-const METHODS: [&str; 5] = [
+const METHODS: [&str; 6] = [
     "storea",
     "deleteObject",
     "checkCurrentSerialInTransaction",
     "restorea",
     "undoa",
+    "storeBlobEnd",
 ];
 
 /// How much of the spool file one read brings in.
@@ -40,6 +41,9 @@ pub struct TxnLog {
     /// Oids of the `storea` operations, in order: what the commit
     /// invalidates.
     stored_oids: Vec<Value>,
+    /// The blob files of the logged `storeBlobEnd` operations, removed
+    /// with the log.
+    blobs: Vec<tempfile::TempPath>,
 }
 
 struct Spool {
@@ -58,7 +62,21 @@ impl TxnLog {
             spool_dir,
             spool: None,
             stored_oids: Vec::new(),
+            blobs: Vec::new(),
         }
+    }
+
+    /// Logs a blob store: `storeBlobEnd`'s oid, serial and data, and the
+    /// blob's file, which the log owns from now on. A replay finds the
+    /// file's path as the operation's last argument.
+    pub fn push_blob(&mut self, mut args: Vec<Value>, file: tempfile::TempPath) -> io::Result<()> {
+        let path = file
+            .to_str()
+            .ok_or_else(|| io::Error::other("blob spool path is not UTF-8"))?
+            .to_owned();
+        self.blobs.push(file);
+        args.push(Value::Str(path));
+        self.push("storeBlobEnd", args)
     }
 
     /// Logs one operation; `method` must be one of the logged methods.

@@ -58,6 +58,7 @@ pub async fn serve(
         path: config.server.state_dir.display().to_string(),
         source,
     })?;
+    remove_leftover_blob_spools(&config.server.state_dir);
     let timeouts = config.timeouts.clone();
     let core = Raid::start(&config).await.map_err(StartError::NoBackend)?;
 
@@ -92,6 +93,30 @@ pub async fn serve(
     core.shutdown();
     info!("zeoraid stopped");
     Ok(())
+}
+
+/// Removes the blob spool files a crash left in `dir` (the transaction
+/// spools are anonymous files and vanish with the process).
+fn remove_leftover_blob_spools(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name
+            .to_str()
+            .is_some_and(|n| n.starts_with(transaction::BLOB_SPOOL_PREFIX))
+        {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    info!(file = %entry.path().display(), "removed a blob spool file left by a crash")
+                }
+                Err(e) => {
+                    warn!(file = %entry.path().display(), error = %e, "cannot remove a leftover blob spool file")
+                }
+            }
+        }
+    }
 }
 
 /// Accepts connections until shutdown; returns the tracker of the

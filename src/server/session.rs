@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::forward::{Read, Transform};
-use super::transaction::{ReplyTo, TransactionWorker, TxnCommand};
+use super::transaction::{ReplyTo, TransactionWorker, TxnCommand, BLOB_SPOOL_PREFIX};
 use super::{send_reply, status, validate, FrontendSettings};
 use crate::backend::CallError;
 use crate::protocol::framing::{frame_reader, FrameReader, FrameWriter};
@@ -506,6 +506,9 @@ impl Session {
             | "checkCurrentSerialInTransaction"
             | "restorea"
             | "undoa"
+            | "storeBlobStart"
+            | "storeBlobChunk"
+            | "storeBlobEnd"
             | "vote"
             | "tpc_finish"
             | "tpc_abort" => {
@@ -522,10 +525,15 @@ impl Session {
                 }
                 Ok(())
             }
-            "sendBlob" | "storeBlobStart" | "storeBlobChunk" | "storeBlobEnd"
-            | "storeBlobShared" => {
-                let error =
-                    ZeoError::storage(format!("{name}: this zeoraid does not support blobs yet"));
+            "sendBlob" => {
+                self.send_blob(args, reply);
+                Ok(())
+            }
+            "storeBlobShared" => {
+                let error = ZeoError::storage(
+                    "storeBlobShared: zeoraid shares no blob directory with clients; \
+                     use shared-blob-dir false",
+                );
                 self.respond(name, reply, Err(error)).await
             }
             other => {
@@ -625,6 +633,26 @@ impl Session {
             .call_with(name, args, timeout, handler)
             .await;
         Ok(())
+    }
+
+    /// `sendBlob(oid, serial)`: the blob, fetched from a backend into a
+    /// spool file, goes to the client as ZEO sends it
+    /// (`receiveBlobStart`, chunks, `receiveBlobStop`), then the reply.
+    /// Runs beside the session: a large blob does not hold up its calls.
+    fn send_blob(&self, args: Vec<Value>, reply: ReplyTo) {
+        let core = self.core.clone();
+        let outbound = self.outbound.clone();
+        let dir = self.settings.spool_dir.clone();
+        tokio::spawn(async move {
+            let [oid, serial] = <[Value; 2]>::try_from(args).expect("arity checked");
+            let result = match core.load_blob(&oid, &serial, &dir, BLOB_SPOOL_PREFIX).await {
+                Ok(path) => stream_blob(&outbound, &oid, &serial, &path)
+                    .await
+                    .map(|()| Value::None),
+                Err(error) => Err(error),
+            };
+            send_reply(&outbound, reply, result).await;
+        });
     }
 
     async fn iterator_gc(&mut self, ids: &Value) {
@@ -781,9 +809,17 @@ fn check_arguments(name: &str, args: Vec<Value>) -> Result<Vec<Value>, ZeoError>
         "tpc_begin" | "vote" | "tpc_finish" | "tpc_abort" => {
             int(name, "txn id", &args[0]).map(drop)
         }
-        "storea" | "deleteObject" | "checkCurrentSerialInTransaction" | "restorea" | "undoa" => {
-            int(name, "txn id", args.last().expect("arity checked")).map(drop)
-        }
+        "storeBlobChunk" => args[0]
+            .as_bytes()
+            .map(drop)
+            .ok_or_else(|| ZeoError::type_error("storeBlobChunk: the chunk must be bytes")),
+        "sendBlob" => id8(name, "oid", &args[0]).and_then(|()| id8(name, "serial", &args[1])),
+        "storea"
+        | "deleteObject"
+        | "checkCurrentSerialInTransaction"
+        | "restorea"
+        | "undoa"
+        | "storeBlobEnd" => int(name, "txn id", args.last().expect("arity checked")).map(drop),
         _ => Ok(()),
     }?;
     Ok(args)
@@ -848,6 +884,12 @@ fn transaction_command(name: &str, mut args: Vec<Value>, reply: ReplyTo) -> TxnC
                 status: next(Value::str(" ")),
             }
         }
+        "storeBlobStart" => TxnCommand::BlobStart,
+        "storeBlobChunk" => TxnCommand::BlobChunk(args[0].as_bytes().cloned().expect("checked")),
+        "storeBlobEnd" => {
+            let txn_id = txn_id(&args.pop().expect("checked"));
+            TxnCommand::BlobEnd { txn_id, args }
+        }
         "vote" => TxnCommand::Vote {
             txn_id: txn_id(&args[0]),
             reply,
@@ -878,6 +920,49 @@ fn transaction_command(name: &str, mut args: Vec<Value>, reply: ReplyTo) -> TxnC
     }
 }
 
+/// Blob chunks go to clients in pieces of this size (ZEO's own).
+const BLOB_CHUNK: usize = 59_000;
+
+/// Sends a blob file to a client as a ZEO server does.
+async fn stream_blob(
+    outbound: &mpsc::Sender<Outgoing>,
+    oid: &Value,
+    serial: &Value,
+    path: &std::path::Path,
+) -> Result<(), ZeoError> {
+    use tokio::io::AsyncReadExt;
+    let unreadable = |e: std::io::Error| ZeoError::storage(format!("cannot read the blob: {e}"));
+    let mut file = tokio::fs::File::open(path).await.map_err(unreadable)?;
+    let message = |name: &str, mut args: Vec<Value>| {
+        let mut all = vec![oid.clone(), serial.clone()];
+        all.append(&mut args);
+        Outgoing::Owned(Message::one_way(name, all))
+    };
+    // A client gone meanwhile: its session ends, nothing to do here.
+    let _ = outbound.send(message("receiveBlobStart", vec![])).await;
+    loop {
+        let mut chunk = bytes::BytesMut::with_capacity(BLOB_CHUNK);
+        while chunk.len() < BLOB_CHUNK {
+            if file.read_buf(&mut chunk).await.map_err(unreadable)? == 0 {
+                break;
+            }
+        }
+        if chunk.is_empty() {
+            break;
+        }
+        let last = chunk.len() < BLOB_CHUNK;
+        let chunk = message("receiveBlobChunk", vec![Value::Bytes(chunk.freeze())]);
+        if outbound.send(chunk).await.is_err() {
+            return Ok(());
+        }
+        if last {
+            break;
+        }
+    }
+    let _ = outbound.send(message("receiveBlobStop", vec![])).await;
+    Ok(())
+}
+
 /// zeoraid's management methods, callable over the ZEO protocol.
 const EXTENSION_METHODS: [&str; 5] = [
     "raid_status",
@@ -901,8 +986,9 @@ const MANAGEMENT_ONLY_METHODS: [&str; 8] = [
 ];
 
 /// The backend's `get_info`, made zeoraid's: its storage name, its
-/// extension methods (listed as older ZEO servers did), and no blob
-/// interfaces while zeoraid cannot carry blobs.
+/// extension methods (listed as older ZEO servers did), and its blob
+/// support as it is (zeoraid relays streamed blob stores and loads) but
+/// for restoring blobs, which ZEO does not carry.
 fn own_info(info: Value, storage: &str) -> Value {
     let Value::Dict(items) = info else {
         return info;
@@ -925,7 +1011,7 @@ fn own_info(info: Value, storage: &str) -> Value {
                     .into_iter()
                     .filter(|pair| {
                         let name = pair.as_seq().and_then(|p| p.get(1)).and_then(Value::as_str);
-                        !matches!(name, Some("IBlobStorage" | "IBlobStorageRestoreable"))
+                        name != Some("IBlobStorageRestoreable")
                     })
                     .collect();
                 (key, Value::Tuple(kept))

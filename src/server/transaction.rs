@@ -14,6 +14,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::io::Write;
+
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch, OwnedMutexGuard};
 use tokio::time::Instant;
@@ -24,6 +26,10 @@ use super::{send_reply, FrontendSettings};
 use crate::protocol::{Message, Outgoing, Value, ZeoError};
 use crate::raid::txnlog::TxnLog;
 use crate::raid::{self, ClientId, Raid, VoteOutcome};
+
+/// Spooled blob files start with this, so that files a crash left behind
+/// are recognised and removed at the next start.
+pub const BLOB_SPOOL_PREFIX: &str = "zeoraid-blob-";
 
 /// Where a call's reply goes.
 pub struct ReplyTo {
@@ -47,6 +53,16 @@ pub enum TxnCommand {
         txn_id: i64,
         method: &'static str,
         /// The arguments without the trailing txn id.
+        args: Vec<Value>,
+    },
+    /// `storeBlobStart`: a blob upload begins (it names no transaction).
+    BlobStart,
+    /// `storeBlobChunk`: more of the blob being uploaded.
+    BlobChunk(Bytes),
+    /// `storeBlobEnd`: the upload is the blob of this store.
+    BlobEnd {
+        txn_id: i64,
+        /// oid, serial, data.
         args: Vec<Value>,
     },
     Vote {
@@ -96,6 +112,8 @@ pub struct TransactionWorker {
     spool_threshold: usize,
     spool_dir: PathBuf,
     txn: Option<Transaction>,
+    /// The blob being uploaded, spooled to a file until its storeBlobEnd.
+    blob_upload: Option<tempfile::NamedTempFile>,
 }
 
 impl TransactionWorker {
@@ -117,6 +135,7 @@ impl TransactionWorker {
             spool_threshold: settings.spool_threshold,
             spool_dir: settings.spool_dir.clone(),
             txn: None,
+            blob_upload: None,
         }
     }
 
@@ -192,6 +211,37 @@ impl TransactionWorker {
                 Some(txn) if txn.id == txn_id => Err(format!("{method} after vote")),
                 _ => Err(format!("{method} for transaction {txn_id}, which is not active")),
             },
+            TxnCommand::BlobStart => {
+                let file = tempfile::Builder::new()
+                    .prefix(BLOB_SPOOL_PREFIX)
+                    .tempfile_in(&self.spool_dir)
+                    .map_err(|error| format!("cannot spool a blob: {error}"))?;
+                self.blob_upload = Some(file);
+                Ok(())
+            }
+            TxnCommand::BlobChunk(chunk) => {
+                let file = self
+                    .blob_upload
+                    .as_mut()
+                    .ok_or("storeBlobChunk without storeBlobStart")?;
+                file.write_all(&chunk)
+                    .map_err(|error| format!("cannot spool a blob: {error}"))
+            }
+            TxnCommand::BlobEnd { txn_id, args } => {
+                let file = self
+                    .blob_upload
+                    .take()
+                    .ok_or("storeBlobEnd without storeBlobStart")?;
+                match &mut self.txn {
+                    Some(txn) if txn.id == txn_id && txn.voted.is_none() => txn
+                        .log
+                        .push_blob(args, file.into_temp_path())
+                        .map_err(|error| format!("cannot spool the transaction: {error}")),
+                    _ => Err(format!(
+                        "storeBlobEnd for transaction {txn_id}, which is not active"
+                    )),
+                }
+            }
             TxnCommand::Vote { reply, txn_id } => {
                 let result = self.vote(txn_id).await?;
                 send_reply(&self.outbound, reply, result).await;

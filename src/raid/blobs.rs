@@ -1,0 +1,156 @@
+//! Blob loads: a client's `sendBlob` relayed from one optimal backend.
+//!
+//! A ZEO server answers `sendBlob(oid, serial)` on the connection that
+//! asked with one-way `receiveBlobStart`, `receiveBlobChunk`s and
+//! `receiveBlobStop` messages, then the call's reply. Those messages name
+//! only the blob, so each backend connection carries one blob download at
+//! a time; the chunks are written to a spool file as they arrive (on the
+//! backend's reader, in stream order) and the session streams the finished
+//! file to its client at the client's pace. A backend that fails mid-
+//! transfer is degraded and the download starts over on another.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use parking_lot::Mutex;
+use tracing::warn;
+
+use super::Raid;
+use crate::backend::CallError;
+use crate::protocol::{Message, Value, ZeoError};
+
+/// One backend connection's download slot.
+pub(super) struct BlobDownloads {
+    per_backend: Vec<Slot>,
+}
+
+struct Slot {
+    /// Held for a whole download: one at a time per connection.
+    turn: tokio::sync::Mutex<()>,
+    current: Mutex<Option<Download>>,
+}
+
+struct Download {
+    oid: Value,
+    serial: Value,
+    file: File,
+    stopped: bool,
+    /// A chunk for this blob that could not be written, or arrived after
+    /// the stop.
+    failed: Option<String>,
+}
+
+impl BlobDownloads {
+    pub(super) fn new(backends: usize) -> BlobDownloads {
+        BlobDownloads {
+            per_backend: (0..backends)
+                .map(|_| Slot {
+                    turn: tokio::sync::Mutex::new(()),
+                    current: Mutex::new(None),
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes a backend's `receiveBlob*` message.
+    pub(super) fn message(&self, backend: usize, message: &Message) {
+        let args = message.args.as_seq().unwrap_or_default();
+        let mut current = self.per_backend[backend].current.lock();
+        let Some(download) = current
+            .as_mut()
+            .filter(|d| args.len() >= 2 && d.oid == args[0] && d.serial == args[1])
+        else {
+            warn!(
+                backend,
+                message = %message.name,
+                "blob message for no download in progress ignored"
+            );
+            return;
+        };
+        match message.name.as_str() {
+            "receiveBlobStart" => {}
+            "receiveBlobChunk" => {
+                let written = match args.get(2).and_then(Value::as_bytes) {
+                    _ if download.stopped => Err("a chunk after the stop".to_owned()),
+                    Some(chunk) => download.file.write_all(chunk).map_err(|e| e.to_string()),
+                    None => Err("a chunk that is not bytes".to_owned()),
+                };
+                if let Err(error) = written {
+                    download.failed.get_or_insert(error);
+                }
+            }
+            _ => download.stopped = true,
+        }
+    }
+}
+
+impl Raid {
+    /// Fetches the blob file of `oid` at `serial` into a new spool file in
+    /// `dir`, from an optimal backend; an error all backends would give
+    /// (POSKeyError for a blob that does not exist) is the client's.
+    pub async fn load_blob(
+        &self,
+        oid: &Value,
+        serial: &Value,
+        dir: &Path,
+        file_prefix: &str,
+    ) -> Result<tempfile::TempPath, ZeoError> {
+        let mut last_failure = None;
+        for _ in 0..self.backend_count() {
+            let Some((index, backend)) = self.read_member() else {
+                break;
+            };
+            let slot = &self.shared.blobs.per_backend[index];
+            let _turn = slot.turn.lock().await;
+            let spool = tempfile::Builder::new()
+                .prefix(file_prefix)
+                .tempfile_in(dir)
+                .map_err(|e| ZeoError::storage(format!("cannot spool a blob: {e}")))?;
+            let file = spool
+                .reopen()
+                .map_err(|e| ZeoError::storage(format!("cannot spool a blob: {e}")))?;
+            *slot.current.lock() = Some(Download {
+                oid: oid.clone(),
+                serial: serial.clone(),
+                file,
+                stopped: false,
+                failed: None,
+            });
+            let reply = backend
+                .call_timeout(
+                    "sendBlob",
+                    vec![oid.clone(), serial.clone()],
+                    self.commit_timeout(),
+                )
+                .await;
+            let download = slot.current.lock().take().expect("set above");
+            match reply {
+                Ok(_) if download.stopped && download.failed.is_none() => {
+                    return Ok(spool.into_temp_path())
+                }
+                Ok(_) => {
+                    let reason = download
+                        .failed
+                        .unwrap_or_else(|| "sendBlob returned before the blob's end".into());
+                    last_failure = Some(format!("{}: {reason}", backend.name()));
+                    if reason.starts_with("sendBlob") {
+                        self.degrade(index, &format!("sent an incomplete blob: {reason}"));
+                    } else {
+                        // Our side could not write it: not the backend's fault.
+                        break;
+                    }
+                }
+                Err(CallError::Remote(error)) => return Err(error),
+                Err(error) => {
+                    self.degrade(index, &format!("sendBlob failed: {error}"));
+                    last_failure = Some(error.to_string());
+                }
+            }
+        }
+        Err(ZeoError::storage(format!(
+            "cannot load the blob: {}",
+            last_failure.unwrap_or_else(|| "no optimal backend".into())
+        )))
+    }
+}
