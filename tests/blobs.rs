@@ -1,6 +1,7 @@
 //! Blobs through zeoraid with real `runzeo`-style ZEO servers (blob
 //! directories) and real ZODB clients: streamed stores mirrored to every
-//! backend, loads relayed from a backend, spool files cleaned up. Each test
+//! backend, loads relayed from a backend, spool files cleaned up, blob
+//! files copied by recovery. Each test
 //! runs one subcommand of `tests/python/blob_scenarios.py` (see its
 //! docstring), one at a time and under deadlines (see `support::scenario`).
 
@@ -29,4 +30,11 @@ fn blobs_are_mirrored_and_loaded_back() {
 #[test]
 fn leftover_blob_spools_are_removed_at_start_up() {
     SCRIPT.run(&["leftovers"], SCRIPT_DEADLINE);
+}
+
+/// A backend that lost its storage and blob dir is recovered with every
+/// transaction and blob file; every revision then loads from it alone.
+#[test]
+fn recovery_onto_an_empty_backend_copies_every_blob_file() {
+    SCRIPT.run(&["recover_empty"], SCRIPT_DEADLINE);
 }

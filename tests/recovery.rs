@@ -112,6 +112,6 @@ fn recovery_resumes_after_a_zeoraid_restart() {
 }
 
 #[test]
-fn blob_record_stops_the_recovery_until_blobs_are_supported() {
+fn blob_record_without_its_file_on_the_source_stops_the_recovery() {
     scenario(&["blob_refused"]);
 }

@@ -278,7 +278,7 @@ const BLOB_CHUNK: usize = 1 << 20;
 /// Streams a spooled blob file to a backend: `storeBlobStart`, then
 /// `storeBlobChunk`s; the caller sends `storeBlobEnd`. Each replay reads
 /// the file on its own, so memory stays at one chunk per backend.
-async fn send_blob_file(backend: &Backend, path: &str) -> Result<(), CallError> {
+pub(super) async fn send_blob_file(backend: &Backend, path: &str) -> Result<(), CallError> {
     use tokio::io::AsyncReadExt;
     let unreadable = |error: std::io::Error| CallError::Disconnected {
         backend: backend.name().to_owned(),

@@ -10,6 +10,7 @@
 //! confirmed (see `state`). The core also owns the invalidation fan-out and
 //! history, the oid allocator and the tid clock.
 
+mod blob_copy;
 mod blobs;
 mod commit;
 pub mod invalidations;
@@ -157,6 +158,8 @@ pub struct Raid {
     read_only: bool,
     commit_timeout: Duration,
     recovery_settings: RecoverySettings,
+    /// Where blob files fetched for recoveries and loads are spooled.
+    spool_dir: std::path::PathBuf,
     /// A running recovery or pack (they exclude each other).
     maintenance: Arc<Mutex<Maintenance>>,
     /// The current or last recovery, for `raid_recovery`.
@@ -237,6 +240,7 @@ impl Raid {
             read_only: config.server.read_only,
             commit_timeout: timeouts.commit(),
             recovery_settings: config.recovery.clone(),
+            spool_dir: config.server.state_dir.clone(),
             maintenance: Arc::new(Mutex::new(Maintenance::Idle)),
             last_recovery: Mutex::new(None),
         });

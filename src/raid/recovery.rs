@@ -27,17 +27,19 @@
 //! own progress record, so a recovery interrupted by a restart resumes
 //! after the target's newest transaction.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::commit::same_value;
+use super::blob_copy::{CopyAs, HeldRecords};
+use super::commit::{same_value, send_blob_file};
 use super::rate::{Limits, RateLimiter};
 use super::Raid;
 use crate::backend::{Backend, CallError, PendingReply};
@@ -48,6 +50,10 @@ use crate::protocol::{Tid, Value, ZeoError};
 /// by the final pass under the commit lock (which holds up commits while
 /// it copies).
 const FINAL_PASS_THRESHOLD: u64 = 100;
+
+/// Blob files fetched for a copy are spooled under this prefix (removed
+/// at start-up if a crash leaves them, with the clients' blob spools).
+const BLOB_COPY_PREFIX: &str = "zeoraid-blob-copy-";
 
 /// Catch-up passes in a row that did not shrink before the final pass
 /// is run anyway.
@@ -1132,6 +1138,10 @@ impl TargetWriter<'_> {
         // record bytes.
         let mut open: Option<(i64, Tid, u64)> = None;
         let mut finishing: Option<Finishing> = None;
+        // The open transaction's records from its first blob record on,
+        // and the oids of those sent before it.
+        let mut held: Option<HeldRecords> = None;
+        let mut sent_oids: HashSet<Bytes> = HashSet::new();
         let outcome = async {
             while let Some(item) = items.recv().await {
                 match item {
@@ -1168,26 +1178,30 @@ impl TargetWriter<'_> {
                         open = Some((id, txn.tid, 0));
                     }
                     Item::Record(record, _permit) => {
-                        let (id, tid, bytes) =
+                        let (id, _, bytes) =
                             open.as_mut().ok_or("a record outside a transaction")?;
-                        if record.is_blob() {
-                            return Err(format!(
-                                "transaction {tid} holds a blob record (oid {}); \
-                                 recovering blobs is not supported yet",
-                                record.oid_text()
-                            ));
-                        }
                         *bytes += record.size() as u64;
-                        let args = vec![
-                            record.oid,
-                            record.serial,
-                            record.data,
-                            record.data_txn,
-                            Value::Int(*id),
-                        ];
-                        self.send("restorea", args).await?;
+                        let blob = record.is_blob();
+                        let oid = record.oid.as_bytes().cloned().unwrap_or_default();
+                        let args = vec![record.oid, record.serial, record.data, record.data_txn];
+                        if held.is_none() && !blob {
+                            sent_oids.insert(oid);
+                            self.restore(args, *id).await?;
+                        } else {
+                            held.get_or_insert_with(|| {
+                                HeldRecords::new(self.raid.spool_dir.clone())
+                            })
+                            .hold(oid, blob, args)
+                            .map_err(|e| format!("cannot hold a transaction's records: {e}"))?;
+                        }
                     }
                     Item::End => {
+                        if let Some(records) = held.take() {
+                            let (id, tid, bytes) =
+                                open.as_mut().ok_or("an end outside a transaction")?;
+                            *bytes += self.copy_held(&records, &sent_oids, *id, *tid).await?;
+                        }
+                        sent_oids.clear();
                         // Stays open (aborted on failure) until its vote passed.
                         let (id, tid, bytes) = open.ok_or("an end outside a transaction")?;
                         let timeout = self.raid.commit_timeout();
@@ -1241,6 +1255,86 @@ impl TargetWriter<'_> {
             }
         }
         outcome.map_err(|e| format!("{name}: {e}"))
+    }
+
+    async fn restore(&self, mut args: Vec<Value>, txn: i64) -> Result<(), String> {
+        args.push(Value::Int(txn));
+        self.send("restorea", args).await
+    }
+
+    /// Copies a transaction's held records (see `blob_copy`): restores in
+    /// place, then the blob stores, each with its file fetched from an
+    /// optimal backend; returns the blob bytes sent.
+    async fn copy_held(
+        &self,
+        records: &HeldRecords,
+        sent_oids: &HashSet<Bytes>,
+        txn: i64,
+        tid: Tid,
+    ) -> Result<u64, String> {
+        let plan = records.plan(sent_oids);
+        let mut blob_stores = Vec::new();
+        let mut reader = records.log().reader();
+        for copy in &plan {
+            let (_, args) = reader
+                .next()
+                .await
+                .map_err(|e| format!("cannot read held records: {e}"))?
+                .ok_or("held records end early")?;
+            match copy {
+                CopyAs::Restore => self.restore(args, txn).await?,
+                CopyAs::StoreBlob => blob_stores.push(args),
+            }
+        }
+        // A ZEO server writes a transaction's blob stores in the reverse
+        // order of their storeBlobEnd: reversed here, they land in order.
+        let mut bytes = 0;
+        for args in blob_stores.into_iter().rev() {
+            let [oid, serial, data, _data_txn] = <[Value; 4]>::try_from(args)
+                .map_err(|_| "a held record with the wrong arguments".to_owned())?;
+            let cannot = |e: String| {
+                format!(
+                    "cannot copy the blob of oid {} in transaction {tid}: {e}",
+                    Tid::from_value(&oid).unwrap_or_default()
+                )
+            };
+            let current = self.current_serial(&oid, tid).await.map_err(cannot)?;
+            let file = self
+                .raid
+                .load_blob(&oid, &serial, &self.raid.spool_dir, BLOB_COPY_PREFIX)
+                .await
+                .map_err(|e| cannot(e.to_string()))?;
+            bytes += std::fs::metadata(&file).map_or(0, |m| m.len());
+            let path = file
+                .to_str()
+                .ok_or_else(|| cannot("spool path is not UTF-8".into()))?;
+            send_blob_file(self.target, path)
+                .await
+                .map_err(|e| cannot(e.to_string()))?;
+            self.send("storeBlobEnd", vec![oid, current, data, Value::Int(txn)])
+                .await?;
+        }
+        Ok(bytes)
+    }
+
+    /// The object's serial on the target before `tid` (zero for a new
+    /// object): what a store there must name.
+    async fn current_serial(&self, oid: &Value, tid: Tid) -> Result<Value, String> {
+        match self
+            .target
+            .call("loadBefore", vec![oid.clone(), tid.to_value()])
+            .await
+        {
+            Ok(reply) => reply
+                .as_seq()
+                .and_then(|r| r.get(1))
+                .cloned()
+                .ok_or_else(|| format!("loadBefore returned {}", reply.summary())),
+            Err(CallError::Remote(error)) if error.class_name.ends_with("POSKeyError") => {
+                Ok(Tid::ZERO.to_value())
+            }
+            Err(error) => Err(format!("loadBefore: {error}")),
+        }
     }
 
     async fn send(&self, method: &str, args: Vec<Value>) -> Result<(), String> {

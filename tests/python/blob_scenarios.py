@@ -16,6 +16,12 @@ real ZODB clients with their own (not shared) blob directories.
   leftovers
         A blob spool file left in zeoraid's state dir (as by a crash) is
         removed when zeoraid starts.
+  recover_empty
+        Blobs committed through zeoraid; b loses its storage and blob dir
+        (restarted empty, degraded) while more are committed; recovering b
+        copies every transaction and blob file: every revision then loads
+        from b alone, and a's and b's histories and blob files are
+        identical.
 
 Options: --deadline S (the whole scenario; then everything is killed),
 -v. The last line on success: `blob scenario NAME: ok (...)`.
@@ -24,6 +30,7 @@ Options: --deadline S (the whole scenario; then everything is killed),
 import argparse
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -187,9 +194,82 @@ def scenario_leftovers(rig):
     return 'leftover blob spool file removed at start-up'
 
 
+def commit_blob_history(root):
+    """Blob creations, revisions, several blobs per transaction and plain
+    changes beside them; returns {(key, serial): bytes}."""
+    revisions = {}
+    for round_ in range(4):
+        for key in ('x', 'y', f'new-{round_}'):
+            if key not in root or round_ % 2:
+                root[key] = root.get(key) or ZODB.blob.Blob()
+                write_blob(root[key], os.urandom(1000 * (round_ + 1) + 3))
+        root[f'plain-{round_}'] = round_
+        transaction.commit()
+        for key in ('x', 'y', f'new-{round_}'):
+            revisions[key, root[key]._p_serial] = read_blob(root[key])
+    return revisions
+
+
+def scenario_recover_empty(rig):
+    """Recovery onto an empty backend copies every blob file."""
+    a, b = rig.backends
+    rig.raid.start()
+    db = rig.db('client-1')
+    conn = db.open()
+    revisions = commit_blob_history(conn.root())
+    # b loses everything: an empty storage and blob dir, same address.
+    b.stop()
+    for suffix in ('', '.index', '.lock', '.tmp'):
+        if os.path.exists(b.path + suffix):
+            os.remove(b.path + suffix)
+    shutil.rmtree(b.blob_dir)
+    b.start()
+    revisions.update(commit_blob_history(conn.root()))
+
+    def started():
+        try:
+            return db.storage._call('raid_recover', 'b', {})
+        except Exception:
+            return None   # not reconnected yet
+    zt.wait_until(started, 30, interval=0.2,
+                  what='raid_recover of the emptied b accepted')
+
+    def ended():
+        info = db.storage._call('raid_recovery')
+        return info if info['state'] != 'running' else None
+    info = zt.wait_until(ended, 60, interval=0.1, what='the recovery to end')
+    check(info['state'] == 'done',
+          f'the recovery of b ended {info["state"]!r}: {info["error"]!r}')
+    check(info['transactions_verified'] == 0,
+          f'{info["transactions_verified"]} verified of an empty b')
+    # Every revision now loads from b alone.
+    db.storage._call('raid_disable', 'a')
+    reader = rig.db('client-2')
+    for (key, serial), data in revisions.items():
+        oid = conn.root()[key]._p_oid
+        with open(reader.storage.loadBlob(oid, serial), 'rb') as f:
+            got = f.read()
+        check(got == data, f'blob {key!r} at {serial.hex()} from the '
+                           f'recovered b: {len(got)} bytes, {len(data)} '
+                           'committed')
+    rig.stop()
+    histories = zt.compare_histories(
+        [(name, backend.path) for name, backend in zip('ab', rig.backends)])
+    files = [blob_files(backend.blob_dir) for backend in rig.backends]
+    check(files[0] == files[1],
+          f'blob files differ after the recovery: only on a '
+          f'{sorted(set(files[0]) - set(files[1]))[:5]}, only on b '
+          f'{sorted(set(files[1]) - set(files[0]))[:5]}')
+    return (f'empty b recovered: {info["transactions_copied"]} transactions, '
+            f'{len(files[1])} blob files identical to a\'s; '
+            f'{len(revisions)} revisions loaded from b alone; '
+            f'{histories.transactions} transactions identical')
+
+
 SCENARIOS = {
     'store_and_load': scenario_store_and_load,
     'leftovers': scenario_leftovers,
+    'recover_empty': scenario_recover_empty,
 }
 
 

@@ -75,11 +75,14 @@ zeoraid_testing.compare_histories.
                  after b's newest at the restart (nothing twice); histories
                  identical.
   blob_refused   a's history (written directly, with a blob dir) holds a
-                 transaction storing a ZODB blob: recovering an empty b
-                 copies the transactions before it, then fails naming the
-                 blob transaction; b stays degraded (until issue 5).
-                 empty_target also checks that the recovered backend's own
-                 oid counter is above every oid it holds.
+                 transaction storing a ZODB blob, but a's runzeo serves it
+                 without the blob dir, so it cannot send the blob's file:
+                 recovering an empty b copies the transactions before it,
+                 then fails naming the blob transaction; b stays degraded
+                 (nothing is copied without its blob file; blob_scenarios
+                 recover_empty copies blobs). empty_target also checks
+                 that the recovered backend's own oid counter is above
+                 every oid it holds.
 
 Clients committing during a recovery are paced (--load-rate, transactions
 a second each; 0 = flat out): the recovery copies one transaction at a time
@@ -972,8 +975,8 @@ def write_history_with_blob(path, blob_dir, before, after):
 
 
 def scenario_blob_refused(rig, args):
-    """Until zeoraid carries blobs, a transaction with a blob record stops
-    the recovery with an error naming it; what came before is copied."""
+    """A blob record whose file the source cannot send stops the recovery
+    with an error naming its transaction; what came before is copied."""
     a, b = new_backends(rig, 'ab')
     os.makedirs(os.path.dirname(a.data_fs), exist_ok=True)
     blob_tid = write_history_with_blob(
