@@ -154,3 +154,16 @@ impl Raid {
         )))
     }
 }
+
+/// Reads the next chunk of up to `size` bytes of a blob file; empty at its
+/// end. Short only at the end, so a short chunk is the last.
+pub async fn read_chunk(file: &mut tokio::fs::File, size: usize) -> std::io::Result<bytes::Bytes> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = bytes::BytesMut::with_capacity(size);
+    while chunk.len() < size {
+        if file.read_buf(&mut chunk).await? == 0 {
+            break;
+        }
+    }
+    Ok(chunk.freeze())
+}

@@ -279,7 +279,6 @@ const BLOB_CHUNK: usize = 1 << 20;
 /// `storeBlobChunk`s; the caller sends `storeBlobEnd`. Each replay reads
 /// the file on its own, so memory stays at one chunk per backend.
 pub(super) async fn send_blob_file(backend: &Backend, path: &str) -> Result<(), CallError> {
-    use tokio::io::AsyncReadExt;
     let unreadable = |error: std::io::Error| CallError::Disconnected {
         backend: backend.name().to_owned(),
         reason: format!("cannot read the spooled blob {path}: {error}"),
@@ -287,19 +286,15 @@ pub(super) async fn send_blob_file(backend: &Backend, path: &str) -> Result<(), 
     let mut file = tokio::fs::File::open(path).await.map_err(unreadable)?;
     backend.one_way("storeBlobStart", vec![]).await?;
     loop {
-        let mut chunk = bytes::BytesMut::with_capacity(BLOB_CHUNK);
-        while chunk.len() < BLOB_CHUNK {
-            if file.read_buf(&mut chunk).await.map_err(unreadable)? == 0 {
-                break;
-            }
-        }
-        if chunk.is_empty() {
-            return Ok(());
-        }
+        let chunk = super::blobs::read_chunk(&mut file, BLOB_CHUNK)
+            .await
+            .map_err(unreadable)?;
         let last = chunk.len() < BLOB_CHUNK;
-        backend
-            .one_way("storeBlobChunk", vec![Value::Bytes(chunk.freeze())])
-            .await?;
+        if !chunk.is_empty() {
+            backend
+                .one_way("storeBlobChunk", vec![Value::Bytes(chunk)])
+                .await?;
+        }
         if last {
             return Ok(());
         }

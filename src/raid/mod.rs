@@ -34,6 +34,7 @@ use tracing::{error, info, warn};
 use crate::backend::{Backend, BackendObserver, BackendSettings};
 use crate::config::{Config, FailMode, RecoverySettings};
 use crate::protocol::{Message, Outgoing, Tid, Value, ZeoError};
+pub use blobs::read_chunk;
 pub use commit::{VoteOutcome, Voted};
 pub use invalidations::Changes;
 use invalidations::InvalidationHistory;

@@ -27,7 +27,7 @@ use super::{send_reply, status, validate, FrontendSettings};
 use crate::backend::CallError;
 use crate::protocol::framing::{frame_reader, FrameReader, FrameWriter};
 use crate::protocol::{Encoding, Message, MessageKind, Outgoing, Tid, Value, ZeoError};
-use crate::raid::{Changes, ClientId, Raid, RecoveryOptions};
+use crate::raid::{read_chunk, Changes, ClientId, Raid, RecoveryOptions};
 
 /// Messages queued for one client. Replies wait for room (backpressure on
 /// that client alone); broadcasts that find it full disconnect the client.
@@ -930,7 +930,6 @@ async fn stream_blob(
     serial: &Value,
     path: &std::path::Path,
 ) -> Result<(), ZeoError> {
-    use tokio::io::AsyncReadExt;
     let unreadable = |e: std::io::Error| ZeoError::storage(format!("cannot read the blob: {e}"));
     let mut file = tokio::fs::File::open(path).await.map_err(unreadable)?;
     let message = |name: &str, mut args: Vec<Value>| {
@@ -941,19 +940,15 @@ async fn stream_blob(
     // A client gone meanwhile: its session ends, nothing to do here.
     let _ = outbound.send(message("receiveBlobStart", vec![])).await;
     loop {
-        let mut chunk = bytes::BytesMut::with_capacity(BLOB_CHUNK);
-        while chunk.len() < BLOB_CHUNK {
-            if file.read_buf(&mut chunk).await.map_err(unreadable)? == 0 {
-                break;
-            }
-        }
-        if chunk.is_empty() {
-            break;
-        }
+        let chunk = read_chunk(&mut file, BLOB_CHUNK)
+            .await
+            .map_err(unreadable)?;
         let last = chunk.len() < BLOB_CHUNK;
-        let chunk = message("receiveBlobChunk", vec![Value::Bytes(chunk.freeze())]);
-        if outbound.send(chunk).await.is_err() {
-            return Ok(());
+        if !chunk.is_empty() {
+            let chunk = message("receiveBlobChunk", vec![Value::Bytes(chunk)]);
+            if outbound.send(chunk).await.is_err() {
+                return Ok(());
+            }
         }
         if last {
             break;
