@@ -35,6 +35,8 @@ pub(super) struct Link {
     closed: CancellationToken,
     /// Why the link closed; the first reason wins.
     close_reason: Mutex<Option<String>>,
+    /// When the last frame came in.
+    last_frame: Mutex<Instant>,
 }
 
 struct Pending {
@@ -42,6 +44,14 @@ struct Pending {
     deadline: Instant,
     timeout: Duration,
     handler: ReplyHandler,
+}
+
+/// Calls that wait, without failing, while the backend keeps sending: a
+/// ZEO server streaming a blob answers nothing else until the blob's end,
+/// so a ping sent meanwhile (or the `sendBlob` itself) only times out once
+/// the connection has been silent for the call's timeout.
+fn waits_while_data_flows(method: &str) -> bool {
+    matches!(method, "ping" | "sendBlob")
 }
 
 /// Connects, handshakes and registers, all within the connect timeout.
@@ -125,6 +135,7 @@ async fn open(
         next_msgid: AtomicI64::new(1),
         closed: CancellationToken::new(),
         close_reason: Mutex::new(None),
+        last_frame: Mutex::new(Instant::now()),
     });
     tokio::spawn(write_loop(
         link.clone(),
@@ -270,11 +281,15 @@ impl Link {
 
     /// Fails every call whose deadline has passed.
     fn expire(&self, now: Instant) {
+        let last_frame = *self.last_frame.lock();
         let expired: Vec<Pending> = {
             let mut pending = self.pending.lock();
             let ids: Vec<i64> = pending
                 .iter()
-                .filter(|(_, p)| p.deadline <= now)
+                .filter(|(_, p)| {
+                    p.deadline <= now
+                        && !(waits_while_data_flows(&p.method) && last_frame + p.timeout > now)
+                })
                 .map(|(id, _)| *id)
                 .collect();
             ids.iter().filter_map(|id| pending.remove(id)).collect()
@@ -336,7 +351,10 @@ async fn read_loop(
         tokio::select! {
             frame = reader.next() => {
                 let frame = match frame {
-                    Some(Ok(frame)) => frame.freeze(),
+                    Some(Ok(frame)) => {
+                        *link.last_frame.lock() = Instant::now();
+                        frame.freeze()
+                    }
                     Some(Err(error)) => {
                         link.close(&format!("read failed: {error}"));
                         break;

@@ -272,8 +272,10 @@ async fn replay(
     backend.call_timeout("vote", vec![txn], timeout).await
 }
 
-/// Blob data goes to a backend in chunks of this size.
-const BLOB_CHUNK: usize = 1 << 20;
+/// Blob data goes to a backend in chunks of this size (ZEO's own): the
+/// connection's send queue holds at most its length in chunks, which
+/// bounds the memory a large blob takes.
+const BLOB_CHUNK: usize = 59_000;
 
 /// Streams a spooled blob file to a backend: `storeBlobStart`, then
 /// `storeBlobChunk`s; the caller sends `storeBlobEnd`. Each replay reads
