@@ -366,7 +366,8 @@ impl Raid {
                     .as_seq()
                     .and_then(|oids| oids.first())
                     .and_then(Tid::from_value);
-                backend_next = backend_next.max(first.map_or(0, |oid| oid.0 + 1));
+                // The probe's oid is unused on the backend: the next to hand out.
+                backend_next = backend_next.max(first.map_or(0, |oid| oid.0));
             }
         }
         let persisted = shared.persisted.lock().state.oids_reserved;
