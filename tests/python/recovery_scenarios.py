@@ -805,6 +805,22 @@ def check_undo_records(path, context):
 # Scenarios
 
 
+def b_disabled(rig, first=10, recovery=None, **db_options):
+    """Backends a and b, a zeoraid over them (`recovery`: its [recovery]
+    table), `first` transactions by a Writer on both, then b disabled:
+    (a, b, raid, db, writer)."""
+    a, b = new_backends(rig, 'ab')
+    start_all([a, b])
+    raid = rig.zeoraid([a, b], recovery=recovery)
+    raid.start()
+    db = rig.db(raid, **db_options)
+    writer = Writer(db, 'w')
+    writer.run(first)
+    db.storage._call('raid_disable', 'b')
+    rs.wait_status(db, 'degraded', 10, 'after raid_disable b')
+    return a, b, raid, db, writer
+
+
 def scenario_incremental_under_load(rig, args):
     a, b = new_backends(rig, 'ab')
     start_all([a, b])
@@ -1014,15 +1030,7 @@ def remove_storage(backend):
 def scenario_diverged_refused(rig, args):
     if args.full_verify:
         return scenario_diverged_full_verify(rig, args)
-    a, b = new_backends(rig, 'ab')
-    start_all([a, b])
-    raid = rig.zeoraid([a, b])
-    raid.start()
-    db = rig.db(raid)
-    writer = Writer(db, 'w')
-    writer.run(30)
-    db.storage._call('raid_disable', 'b')
-    rs.wait_status(db, 'degraded', 10, 'after raid_disable b')
+    a, b, raid, db, writer = b_disabled(rig, first=30)
     # b's own transaction, committed straight to its runzeo.
     direct = rig.direct_db(b)
     diverging = rs.commit_value(direct, 'diverging', 1, 'only on b')
@@ -1161,16 +1169,9 @@ def scenario_rate_limit(rig, args):
         return scenario_rate_limit_under_load(rig, args)
     limit = 100
     todo = args.transactions
-    a, b = new_backends(rig, 'ab')
-    start_all([a, b])
-    raid = rig.zeoraid([a, b], recovery={'transactions_per_second': limit,
-                                         'progress_interval': 1})
-    raid.start()
-    db = rig.db(raid)
-    writer = Writer(db, 'w')
-    writer.run(10)
-    db.storage._call('raid_disable', 'b')
-    rs.wait_status(db, 'degraded', 10, 'after raid_disable b')
+    a, b, raid, db, writer = b_disabled(
+        rig, recovery={'transactions_per_second': limit,
+                       'progress_interval': 1})
     before = writer.transactions
     writer.run(todo)
     todo = writer.transactions - before
@@ -1233,16 +1234,9 @@ def scenario_rate_limit(rig, args):
 
 def scenario_rate_limit_under_load(rig, args):
     limit = 20
-    a, b = new_backends(rig, 'ab')
-    start_all([a, b])
     # The config's limit is overridden by raid_recover's option.
-    raid = rig.zeoraid([a, b], recovery={'transactions_per_second': 1000})
-    raid.start()
-    db = rig.db(raid)
-    writer = Writer(db, 'w')
-    writer.run(10)
-    db.storage._call('raid_disable', 'b')
-    rs.wait_status(db, 'degraded', 10, 'after raid_disable b')
+    a, b, raid, db, writer = b_disabled(
+        rig, recovery={'transactions_per_second': 1000})
     writer.run(args.transactions)
     load = Clients(rig, raid, ['p', 'q', 'r'], rate=args.load_rate).start()
     load.run_until(3 * limit, 'before the recovery')
@@ -1355,15 +1349,7 @@ def scenario_refusals(rig, args):
 
 
 def scenario_kill_target(rig, args):
-    a, b = new_backends(rig, 'ab')
-    start_all([a, b])
-    raid = rig.zeoraid([a, b])
-    raid.start()
-    db = rig.db(raid)
-    writer = Writer(db, 'w')
-    writer.run(10)
-    db.storage._call('raid_disable', 'b')
-    rs.wait_status(db, 'degraded', 10, 'after raid_disable b')
+    a, b, raid, db, writer = b_disabled(rig)
     writer.run(args.transactions)
     load = Clients(rig, raid, ['p', 'q'], rate=args.load_rate).start()
     recovery = Recovery(db, 'b', transactions_per_second=50)
@@ -1450,15 +1436,7 @@ def scenario_kill_source(rig, args):
 
 
 def scenario_kill_only_source(rig, args):
-    a, b = new_backends(rig, 'ab')
-    start_all([a, b])
-    raid = rig.zeoraid([a, b])
-    raid.start()
-    db = rig.db(raid, wait_timeout=3)
-    writer = Writer(db, 'w')
-    writer.run(10)
-    db.storage._call('raid_disable', 'b')
-    rs.wait_status(db, 'degraded', 10, 'after raid_disable b')
+    a, b, raid, db, writer = b_disabled(rig, wait_timeout=3)
     writer.run(args.transactions)
     writer.close()
     recovery = Recovery(db, 'b', transactions_per_second=50)
@@ -1498,15 +1476,7 @@ def scenario_kill_only_source(rig, args):
 
 
 def scenario_restart_resume(rig, args):
-    a, b = new_backends(rig, 'ab')
-    start_all([a, b])
-    raid = rig.zeoraid([a, b])
-    raid.start()
-    db = rig.db(raid)
-    writer = Writer(db, 'w')
-    writer.run(10)
-    db.storage._call('raid_disable', 'b')
-    rs.wait_status(db, 'degraded', 10, 'after raid_disable b')
+    a, b, raid, db, writer = b_disabled(rig)
     b_last_before = zeo_last_transaction(b)
     writer.run(args.transactions)
     writer.close()
