@@ -123,6 +123,20 @@ struct Persisted {
     broken: Option<String>,
 }
 
+impl Persisted {
+    /// Records a backend as degraded and saves the state.
+    fn record_degraded(&mut self, name: &str, reason: &str, since: u64) -> std::io::Result<()> {
+        self.state.degraded.insert(
+            name.to_owned(),
+            DegradedRecord {
+                reason: reason.to_owned(),
+                since,
+            },
+        );
+        self.file.save(&self.state)
+    }
+}
+
 /// The part of the core that backend observers reach.
 struct Shared {
     names: Vec<String>,
@@ -673,14 +687,7 @@ impl Shared {
         if self.inner.lock().members[index].health != Health::Optimal {
             return;
         }
-        persisted.state.degraded.insert(
-            name.clone(),
-            DegradedRecord {
-                reason: reason.to_owned(),
-                since,
-            },
-        );
-        if let Err(e) = persisted.file.save(&persisted.state) {
+        if let Err(e) = persisted.record_degraded(name, reason, since) {
             error!(error = %e, "cannot save the RAID state; refusing commits from now on");
             persisted.broken = Some(e.to_string());
         }
@@ -743,14 +750,7 @@ impl Shared {
             since,
         };
         drop(inner);
-        persisted.state.degraded.insert(
-            name.clone(),
-            DegradedRecord {
-                reason: reason.to_owned(),
-                since,
-            },
-        );
-        if let Err(e) = persisted.file.save(&persisted.state) {
+        if let Err(e) = persisted.record_degraded(name, reason, since) {
             error!(error = %e, "cannot save the RAID state");
         }
     }
