@@ -115,3 +115,10 @@ fn recovery_resumes_after_a_zeoraid_restart() {
 fn blob_record_without_its_file_on_the_source_stops_the_recovery() {
     scenario(&["blob_refused"]);
 }
+
+/// A target whose FileStorage cut off a torn transaction but reports it as
+/// its last is verified in full and recovered from where it really ends.
+#[test]
+fn torn_target_is_verified_in_full_and_recovered() {
+    scenario(&["torn_target"]);
+}

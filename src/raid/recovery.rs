@@ -703,7 +703,6 @@ async fn verify(
     target: usize,
     progress: &RecoveryProgress,
 ) -> Result<Tid, Failure> {
-    let source_backend = &raid.backends[source];
     let target_backend = &raid.backends[target];
     let target_last = last_transaction(target_backend).await.map_err(|e| {
         Failure::Fatal(format!(
@@ -714,19 +713,57 @@ async fn verify(
     if target_last == Tid::ZERO {
         return Ok(Tid::ZERO);
     }
-    let start = (!progress.full_verify).then_some(target_last);
+    if !progress.full_verify {
+        if let Some(tid) = compare_range(
+            raid,
+            source,
+            target,
+            Some(target_last),
+            target_last,
+            progress,
+        )
+        .await?
+        {
+            return Ok(tid);
+        }
+        // FileStorage that cut a torn transaction off at start-up (a kill
+        // mid-write) still reports that transaction as its last: where
+        // the target really ends is only found from the start.
+        warn!(
+            backend = target_backend.name(),
+            last = %target_last,
+            "the backend does not hold the transaction it reports as its last; verifying its whole history"
+        );
+    }
+    let matched = compare_range(raid, source, target, None, target_last, progress).await?;
+    Ok(matched.unwrap_or(Tid::ZERO))
+}
+
+/// Compares both histories from `start` (or the beginning) to `stop`;
+/// returns the last tid they share, or None if the target holds nothing
+/// in the range.
+async fn compare_range(
+    raid: &Raid,
+    source: usize,
+    target: usize,
+    start: Option<Tid>,
+    stop: Tid,
+    progress: &RecoveryProgress,
+) -> Result<Option<Tid>, Failure> {
+    let source_backend = &raid.backends[source];
+    let target_backend = &raid.backends[target];
     let timeout = raid.commit_timeout();
-    let mut theirs = ServerIterator::start(source_backend, start, Some(target_last), timeout)
+    let mut theirs = ServerIterator::start(source_backend, start, Some(stop), timeout)
         .await
         .map_err(|e| Failure::Source(e.to_string()))?;
-    let mut ours = ServerIterator::start(target_backend, start, Some(target_last), timeout)
+    let mut ours = ServerIterator::start(target_backend, start, Some(stop), timeout)
         .await
         .map_err(|e| Failure::Fatal(format!("{}: {e}", target_backend.name())))?;
     let outcome = compare(&mut theirs, &mut ours, progress).await;
     theirs.close().await;
     ours.close().await;
     match outcome {
-        Ok(()) => Ok(target_last),
+        Ok(matched) => Ok(matched),
         Err(Mismatch::Source(e)) => Err(Failure::Source(e)),
         Err(Mismatch::Target(e)) => Err(Failure::Fatal(format!("{}: {e}", target_backend.name()))),
         Err(Mismatch::Differs(tid, what)) => {
@@ -751,24 +788,20 @@ enum Mismatch {
 }
 
 /// Walks both iterators in step, transaction by transaction and record
-/// by record.
+/// by record; returns the last tid both hold. A target that ends first
+/// holds a prefix of the source's history: that is no difference.
 async fn compare(
     theirs: &mut ServerIterator<'_>,
     ours: &mut ServerIterator<'_>,
     progress: &RecoveryProgress,
-) -> Result<(), Mismatch> {
+) -> Result<Option<Tid>, Mismatch> {
+    let mut matched = None;
     loop {
         let source_txn = theirs.next_txn().await.map_err(Mismatch::Source)?;
         let target_txn = ours.next_txn().await.map_err(Mismatch::Target)?;
         let (source_txn, target_txn) = match (source_txn, target_txn) {
-            (None, None) => return Ok(()),
+            (None, None) | (Some(_), None) => return Ok(matched),
             (None, Some(t)) => return Err(Mismatch::Differs(t.tid, NOT_IN_SOURCE.into())),
-            (Some(s), None) => {
-                return Err(Mismatch::Differs(
-                    s.tid,
-                    "the target lacks this transaction".into(),
-                ))
-            }
             (Some(s), Some(t)) => (s, t),
         };
         if source_txn.tid != target_txn.tid {
@@ -813,6 +846,7 @@ async fn compare(
             }
         }
         progress.verified(tid);
+        matched = Some(tid);
     }
 }
 
