@@ -1572,6 +1572,26 @@ def start_watchdog(seconds, rig):
     timer.start()
 
 
+def run_scenario(rig, scenario, args):
+    """Runs `scenario(rig, args)` and cleans the rig up; on failure prints
+    the reason and the rig's diagnostics, keeps its work dir and returns
+    False."""
+    try:
+        scenario(rig, args)
+    except BaseException as e:
+        if isinstance(e, ScenarioFailure):
+            print(f'FAIL: {e}', file=sys.stderr)
+        else:
+            print('ERROR:\n' + traceback.format_exc(), file=sys.stderr)
+        print(rig.diagnostics(), file=sys.stderr)
+        print(f'work dir: {rig.workdir}', file=sys.stderr, flush=True)
+        rig.keep = True
+        rig.cleanup()
+        return False
+    rig.cleanup()
+    return True
+
+
 def main(argv=None):
     global VERBOSE
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -1588,19 +1608,8 @@ def main(argv=None):
     rig = Rig(args.scenario, keep=args.keep)
     start_watchdog(args.deadline, rig)
     started = time.monotonic()
-    try:
-        SCENARIOS[args.scenario](rig, args)
-    except BaseException as e:
-        if isinstance(e, ScenarioFailure):
-            print(f'FAIL: {e}', file=sys.stderr)
-        else:
-            print('ERROR:\n' + traceback.format_exc(), file=sys.stderr)
-        print(rig.diagnostics(), file=sys.stderr)
-        print(f'work dir: {rig.workdir}', file=sys.stderr, flush=True)
-        rig.keep = True
-        rig.cleanup()
+    if not run_scenario(rig, SCENARIOS[args.scenario], args):
         return 1
-    rig.cleanup()
     extra = ''
     if args.scenario == 'kill-one':
         extra = f', {args.backends} backends'

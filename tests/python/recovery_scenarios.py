@@ -1644,19 +1644,8 @@ def main(argv=None):
     rig = Rig(f'recovery-{args.scenario}', keep=args.keep)
     rs.start_watchdog(args.deadline, rig)
     started = time.monotonic()
-    try:
-        SCENARIOS[args.scenario](rig, args)
-    except BaseException as e:
-        if isinstance(e, ScenarioFailure):
-            print(f'FAIL: {e}', file=sys.stderr)
-        else:
-            print('ERROR:\n' + traceback.format_exc(), file=sys.stderr)
-        print(rig.diagnostics(), file=sys.stderr)
-        print(f'work dir: {rig.workdir}', file=sys.stderr, flush=True)
-        rig.keep = True
-        rig.cleanup()
+    if not rs.run_scenario(rig, SCENARIOS[args.scenario], args):
         return 1
-    rig.cleanup()
     variant = ''
     if args.scenario == 'kill_source':
         variant = f', {args.backends} backends'
