@@ -38,6 +38,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub recovery: RecoverySettings,
+    #[serde(default)]
+    pub blob_cache: BlobCacheSettings,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendConfig>,
 }
@@ -192,6 +194,33 @@ impl RecoverySettings {
     }
 }
 
+/// zeoraid's cache of blob files fetched from backends for clients' loads.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlobCacheSettings {
+    /// Where the files are kept; `<state_dir>/blob-cache` when not given.
+    pub dir: Option<PathBuf>,
+    /// Bytes of blob files kept; the least recently used go first.
+    pub size: u64,
+}
+
+impl Default for BlobCacheSettings {
+    fn default() -> BlobCacheSettings {
+        BlobCacheSettings {
+            dir: None,
+            size: 1 << 30,
+        }
+    }
+}
+
+impl BlobCacheSettings {
+    pub fn dir(&self, state_dir: &Path) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("blob-cache"))
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
@@ -296,6 +325,13 @@ impl Config {
             return Err(invalid(
                 "recovery.progress_interval",
                 format!("must be a positive number of seconds, not {interval}"),
+            ));
+        }
+        let cache_dir = self.blob_cache.dir(&self.server.state_dir);
+        if cache_dir == self.server.state_dir {
+            return Err(invalid(
+                "blob_cache.dir",
+                "must not be the state_dir: the cache owns its directory".into(),
             ));
         }
         if self.backends.is_empty() {

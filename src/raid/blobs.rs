@@ -1,4 +1,5 @@
-//! Blob loads: a client's `sendBlob` relayed from one optimal backend.
+//! Blob loads: a client's `sendBlob` served from zeoraid's blob cache,
+//! filled from one optimal backend.
 //!
 //! A ZEO server answers `sendBlob(oid, serial)` on the connection that
 //! asked with one-way `receiveBlobStart`, `receiveBlobChunk`s and
@@ -14,11 +15,12 @@ use std::io::Write;
 use std::path::Path;
 
 use parking_lot::Mutex;
-use tracing::warn;
+use tracing::{debug, warn};
 
+use super::blob_cache::{BlobKey, PART_PREFIX};
 use super::Raid;
 use crate::backend::CallError;
-use crate::protocol::{Message, Value, ZeoError};
+use crate::protocol::{Message, Tid, Value, ZeoError};
 
 /// One backend connection's download slot.
 pub(super) struct BlobDownloads {
@@ -86,6 +88,40 @@ impl BlobDownloads {
 }
 
 impl Raid {
+    /// The blob file of `oid` at `serial` for a client's `sendBlob`,
+    /// opened: from the cache, or fetched into it from a backend (once for
+    /// loads of the same revision at the same time).
+    pub async fn blob_for_client(&self, oid: &Value, serial: &Value) -> Result<File, ZeoError> {
+        let cache = &self.blob_cache;
+        let key = BlobKey::new(oid, serial)
+            .ok_or_else(|| ZeoError::type_error("sendBlob: oid and serial must be 8 bytes"))?;
+        if let Some(file) = cache.open_cached(key) {
+            return Ok(file);
+        }
+        let gate = cache.gate(key);
+        let fetched = async {
+            let _turn = gate.lock().await;
+            if let Some(file) = cache.open_cached(key) {
+                return Ok(file);
+            }
+            let generation = cache.generation();
+            let part = self
+                .load_blob(oid, serial, cache.dir(), PART_PREFIX)
+                .await?;
+            cache
+                .insert(key, part, generation)
+                .map_err(|e| ZeoError::storage(format!("cannot cache the blob: {e}")))
+        }
+        .await;
+        cache.release_gate(key, &gate);
+        fetched
+    }
+
+    /// What the blob cache holds and did.
+    pub fn blob_cache_figures(&self) -> super::CacheFigures {
+        self.blob_cache.figures()
+    }
+
     /// Fetches the blob file of `oid` at `serial` into a new spool file in
     /// `dir`, from an optimal backend; an error all backends would give
     /// (POSKeyError for a blob that does not exist) is the client's.
@@ -103,6 +139,12 @@ impl Raid {
             };
             let slot = &self.shared.blobs.per_backend[index];
             let _turn = slot.turn.lock().await;
+            debug!(
+                backend = %backend.name(),
+                oid = %Tid::from_value(oid).unwrap_or_default(),
+                serial = %Tid::from_value(serial).unwrap_or_default(),
+                "fetching a blob"
+            );
             let spool = tempfile::Builder::new()
                 .prefix(file_prefix)
                 .tempfile_in(dir)

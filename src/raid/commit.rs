@@ -225,6 +225,8 @@ impl Raid {
                 );
             }
         }
+        // Packed-away revisions must not be served from the cache.
+        self.blob_cache.clear();
         Ok(Value::None)
     }
 

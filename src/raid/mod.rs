@@ -10,6 +10,7 @@
 //! confirmed (see `state`). The core also owns the invalidation fan-out and
 //! history, the oid allocator and the tid clock.
 
+mod blob_cache;
 mod blob_copy;
 mod blobs;
 mod commit;
@@ -34,6 +35,7 @@ use tracing::{error, info, warn};
 use crate::backend::{Backend, BackendObserver, BackendSettings};
 use crate::config::{Config, FailMode, RecoverySettings};
 use crate::protocol::{Message, Outgoing, Tid, Value, ZeoError};
+pub use blob_cache::CacheFigures;
 pub use blobs::read_chunk;
 pub use commit::{VoteOutcome, Voted};
 pub use invalidations::Changes;
@@ -173,8 +175,10 @@ pub struct Raid {
     read_only: bool,
     commit_timeout: Duration,
     recovery_settings: RecoverySettings,
-    /// Where blob files fetched for recoveries and loads are spooled.
+    /// Where blob files fetched for recoveries are spooled.
     spool_dir: std::path::PathBuf,
+    /// Blob files fetched for clients' loads.
+    blob_cache: blob_cache::BlobCache,
     /// A running recovery or pack (they exclude each other).
     maintenance: Arc<Mutex<Maintenance>>,
     /// The current or last recovery, for `raid_recovery`.
@@ -191,6 +195,9 @@ impl Raid {
         let persisted_state = file
             .load()
             .map_err(|e| format!("cannot read the RAID state: {e}"))?;
+        let cache_dir = config.blob_cache.dir(&config.server.state_dir);
+        let blob_cache = blob_cache::BlobCache::open(&cache_dir, config.blob_cache.size)
+            .map_err(|e| format!("cannot open the blob cache {}: {e}", cache_dir.display()))?;
         let names: Vec<String> = config.backends.iter().map(|b| b.name.clone()).collect();
         let shared = Arc::new(Shared {
             names: names.clone(),
@@ -256,6 +263,7 @@ impl Raid {
             commit_timeout: timeouts.commit(),
             recovery_settings: config.recovery.clone(),
             spool_dir: config.server.state_dir.clone(),
+            blob_cache,
             maintenance: Arc::new(Mutex::new(Maintenance::Idle)),
             last_recovery: Mutex::new(None),
         });

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::forward::{Read, Transform};
-use super::transaction::{ReplyTo, TransactionWorker, TxnCommand, BLOB_SPOOL_PREFIX};
+use super::transaction::{ReplyTo, TransactionWorker, TxnCommand};
 use super::{send_reply, status, validate, FrontendSettings};
 use crate::backend::CallError;
 use crate::protocol::framing::{frame_reader, FrameReader, FrameWriter};
@@ -635,18 +635,17 @@ impl Session {
         Ok(())
     }
 
-    /// `sendBlob(oid, serial)`: the blob, fetched from a backend into a
-    /// spool file, goes to the client as ZEO sends it
+    /// `sendBlob(oid, serial)`: the blob file, from zeoraid's blob cache
+    /// (filled from a backend), goes to the client as ZEO sends it
     /// (`receiveBlobStart`, chunks, `receiveBlobStop`), then the reply.
     /// Runs beside the session: a large blob does not hold up its calls.
     fn send_blob(&self, args: Vec<Value>, reply: ReplyTo) {
         let core = self.core.clone();
         let outbound = self.outbound.clone();
-        let dir = self.settings.spool_dir.clone();
         tokio::spawn(async move {
             let [oid, serial] = <[Value; 2]>::try_from(args).expect("arity checked");
-            let result = match core.load_blob(&oid, &serial, &dir, BLOB_SPOOL_PREFIX).await {
-                Ok(path) => stream_blob(&outbound, &oid, &serial, &path)
+            let result = match core.blob_for_client(&oid, &serial).await {
+                Ok(file) => stream_blob(&outbound, &oid, &serial, file)
                     .await
                     .map(|()| Value::None),
                 Err(error) => Err(error),
@@ -928,10 +927,10 @@ async fn stream_blob(
     outbound: &mpsc::Sender<Outgoing>,
     oid: &Value,
     serial: &Value,
-    path: &std::path::Path,
+    file: std::fs::File,
 ) -> Result<(), ZeoError> {
     let unreadable = |e: std::io::Error| ZeoError::storage(format!("cannot read the blob: {e}"));
-    let mut file = tokio::fs::File::open(path).await.map_err(unreadable)?;
+    let mut file = tokio::fs::File::from_std(file);
     let message = |name: &str, mut args: Vec<Value>| {
         let mut all = vec![oid.clone(), serial.clone()];
         all.append(&mut args);

@@ -7,9 +7,11 @@ use crate::protocol::tid::UtcTime;
 use crate::protocol::Value;
 use crate::raid::{Raid, Stats};
 
-/// The counters ZEO's `server_status` reports, with the same keys.
+/// The counters ZEO's `server_status` reports, with the same keys, and
+/// zeoraid's blob cache figures.
 pub fn server_status(core: &Raid) -> Value {
     let stats = core.stats();
+    let cache = core.blob_cache_figures();
     let int = |counter: &AtomicU64| Value::Int(Stats::get(counter) as i64);
     let lock_ms = Stats::get(&stats.lock_time_ms);
     let lock_time = if lock_ms == 0 {
@@ -32,6 +34,11 @@ pub fn server_status(core: &Raid) -> Value {
         // zeoraid's own transaction timeout is always running.
         ("timeout-thread-is-alive", Value::Bool(true)),
         ("last-transaction", Value::str(core.last_tid().to_string())),
+        // zeoraid's own: its cache of blob files for clients' loads.
+        ("blob-cache-files", Value::Int(cache.files as i64)),
+        ("blob-cache-bytes", Value::Int(cache.bytes as i64)),
+        ("blob-cache-hits", Value::Int(cache.hits as i64)),
+        ("blob-cache-fetches", Value::Int(cache.fetches as i64)),
     ];
     Value::Dict(
         entries
