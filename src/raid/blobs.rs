@@ -17,9 +17,11 @@ use std::path::Path;
 use parking_lot::Mutex;
 use tracing::{debug, warn};
 
+use futures_util::future::join_all;
+
 use super::blob_cache::{BlobKey, PART_PREFIX};
 use super::Raid;
-use crate::backend::CallError;
+use crate::backend::{Backend, CallError};
 use crate::protocol::{Message, Tid, Value, ZeoError};
 
 /// One backend connection's download slot.
@@ -88,6 +90,24 @@ impl BlobDownloads {
 }
 
 impl Raid {
+    /// Blobs need every backend: once one optimal backend's storage keeps
+    /// blobs, one whose storage does not is degraded at start-up, with that
+    /// reason, rather than at the first blob commit.
+    pub(super) async fn check_blob_support(&self) {
+        let members = self.optimal_members();
+        let answers = join_all(members.iter().map(|(_, backend)| blob_support(backend))).await;
+        if !answers.iter().any(|answer| matches!(answer, Ok(true))) {
+            return;
+        }
+        for ((index, _), answer) in members.iter().zip(answers) {
+            match answer {
+                Ok(true) => {}
+                Ok(false) => self.degrade(*index, NO_BLOB_SUPPORT),
+                Err(error) => self.degrade(*index, &format!("get_info failed: {error}")),
+            }
+        }
+    }
+
     /// The blob file of `oid` at `serial` for a client's `sendBlob`,
     /// opened: from the cache, or fetched into it from a backend (once for
     /// loads of the same revision at the same time).
@@ -195,6 +215,22 @@ impl Raid {
             last_failure.unwrap_or_else(|| "no optimal backend".into())
         )))
     }
+}
+
+pub(super) const NO_BLOB_SUPPORT: &str = "no blob support: its storage keeps no blobs \
+     (get_info lists no IBlobStorage) while the other backends' do; give it a blob-dir";
+
+/// Whether a backend's storage keeps blobs: its `get_info` lists
+/// `IBlobStorage`.
+pub(super) async fn blob_support(backend: &Backend) -> Result<bool, CallError> {
+    let info = backend.call("get_info", vec![]).await?;
+    let interfaces = info
+        .dict_get("interfaces")
+        .and_then(Value::as_seq)
+        .unwrap_or_default();
+    Ok(interfaces.iter().any(|pair| {
+        pair.as_seq().and_then(|p| p.get(1)).and_then(Value::as_str) == Some("IBlobStorage")
+    }))
 }
 
 /// Reads the next chunk of up to `size` bytes of a blob file; empty at its

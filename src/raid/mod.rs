@@ -273,6 +273,7 @@ impl Raid {
             raid.shutdown();
             return Err(reason);
         }
+        raid.check_blob_support().await;
         Ok(raid)
     }
 

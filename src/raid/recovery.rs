@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::blob_copy::{CopyAs, HeldRecords};
+use super::blobs::{blob_support, NO_BLOB_SUPPORT};
 use super::commit::{same_value, send_blob_file};
 use super::rate::{Limits, RateLimiter};
 use super::Raid;
@@ -548,6 +549,20 @@ async fn watch(
     }
 }
 
+/// A target must keep blobs when the source does: nothing else could
+/// hold the blob files the copy brings.
+async fn check_blob_support(raid: &Raid, source: usize, target: usize) -> Result<(), String> {
+    let support = |index: usize| async move {
+        blob_support(&raid.backends[index])
+            .await
+            .map_err(|e| format!("get_info on {} failed: {e}", raid.shared.names[index]))
+    };
+    if support(source).await? && !support(target).await? {
+        return Err(NO_BLOB_SUPPORT.to_owned());
+    }
+    Ok(())
+}
+
 /// A backend storage's size in bytes, from `get_info`.
 async fn storage_size(backend: &Backend) -> Option<u64> {
     let info = backend.call("get_info", vec![]).await.ok()?;
@@ -567,6 +582,7 @@ async fn recover(
     let mut source = raid
         .pick_source()
         .ok_or("no optimal backend left to copy from")?;
+    check_blob_support(raid, source, target).await?;
     let mut reached = loop {
         progress.set_source(&raid.shared.names[source]);
         match verify(raid, source, target, progress).await {
