@@ -53,6 +53,10 @@ pub struct ServerConfig {
     pub storage: String,
     /// Where zeoraid keeps its persistent state.
     pub state_dir: PathBuf,
+    /// A blob directory shared with clients that use `shared-blob-dir
+    /// true`; zeoraid keeps every committed blob in it.
+    #[serde(default)]
+    pub blob_dir: Option<PathBuf>,
     /// The encoding announced to clients; they may answer with the other.
     #[serde(default = "default_encoding")]
     pub encoding: Encoding,
@@ -333,6 +337,14 @@ impl Config {
                 "blob_cache.dir",
                 "must not be the state_dir: the cache owns its directory".into(),
             ));
+        }
+        if let Some(blob_dir) = &self.server.blob_dir {
+            if *blob_dir == self.server.state_dir || *blob_dir == cache_dir {
+                return Err(invalid(
+                    "server.blob_dir",
+                    "must be a directory of its own, not the state_dir or the blob cache".into(),
+                ));
+            }
         }
         if self.backends.is_empty() {
             return Err(invalid(

@@ -109,6 +109,10 @@ impl ZeoError {
         self.class_name.ends_with("ConflictError")
     }
 
+    pub fn is_pos_key_error(&self) -> bool {
+        self.class_name.ends_with("POSKeyError")
+    }
+
     pub fn into_reply(self, msgid: Value) -> Message {
         Message::error_reply(msgid, &self.class_name, self.payload)
     }

@@ -49,6 +49,14 @@ impl BlobKey {
         })
     }
 
+    pub fn oid(&self) -> u64 {
+        self.oid
+    }
+
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
     /// `<last oid byte>/<oid>-<serial>.blob`: 256 buckets keep
     /// directories small.
     fn relative_path(&self) -> PathBuf {

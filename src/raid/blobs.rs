@@ -115,6 +115,11 @@ impl Raid {
         let cache = &self.blob_cache;
         let key = BlobKey::new(oid, serial)
             .ok_or_else(|| ZeoError::type_error("sendBlob: oid and serial must be 8 bytes"))?;
+        if let Some(dir) = &self.blob_dir {
+            if let Ok(file) = File::open(dir.blob_path(key.oid(), key.serial())) {
+                return Ok(file);
+            }
+        }
         if let Some(file) = cache.open_cached(key) {
             return Ok(file);
         }

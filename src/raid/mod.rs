@@ -12,6 +12,7 @@
 
 mod blob_cache;
 mod blob_copy;
+mod blob_dir;
 mod blobs;
 mod commit;
 pub mod invalidations;
@@ -36,6 +37,7 @@ use crate::backend::{Backend, BackendObserver, BackendSettings};
 use crate::config::{Config, FailMode, RecoverySettings};
 use crate::protocol::{Message, Outgoing, Tid, Value, ZeoError};
 pub use blob_cache::CacheFigures;
+pub use blob_dir::{remove_leftover_blob_spools, SharedBlobDir, BLOB_SPOOL_PREFIX};
 pub use blobs::read_chunk;
 pub use commit::{VoteOutcome, Voted};
 pub use invalidations::Changes;
@@ -179,6 +181,8 @@ pub struct Raid {
     spool_dir: std::path::PathBuf,
     /// Blob files fetched for clients' loads.
     blob_cache: blob_cache::BlobCache,
+    /// The blob directory shared with clients, if any.
+    blob_dir: Option<SharedBlobDir>,
     /// A running recovery or pack (they exclude each other).
     maintenance: Arc<Mutex<Maintenance>>,
     /// The current or last recovery, for `raid_recovery`.
@@ -198,6 +202,10 @@ impl Raid {
         let cache_dir = config.blob_cache.dir(&config.server.state_dir);
         let blob_cache = blob_cache::BlobCache::open(&cache_dir, config.blob_cache.size)
             .map_err(|e| format!("cannot open the blob cache {}: {e}", cache_dir.display()))?;
+        let blob_dir = match &config.server.blob_dir {
+            Some(dir) => Some(SharedBlobDir::open(dir)?),
+            None => None,
+        };
         let names: Vec<String> = config.backends.iter().map(|b| b.name.clone()).collect();
         let shared = Arc::new(Shared {
             names: names.clone(),
@@ -264,6 +272,7 @@ impl Raid {
             recovery_settings: config.recovery.clone(),
             spool_dir: config.server.state_dir.clone(),
             blob_cache,
+            blob_dir,
             maintenance: Arc::new(Mutex::new(Maintenance::Idle)),
             last_recovery: Mutex::new(None),
         });

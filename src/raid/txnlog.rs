@@ -41,9 +41,9 @@ pub struct TxnLog {
     /// Oids of the `storea` operations, in order: what the commit
     /// invalidates.
     stored_oids: Vec<Value>,
-    /// The blob files of the logged `storeBlobEnd` operations, removed
-    /// with the log.
-    blobs: Vec<tempfile::TempPath>,
+    /// The oids and files of the logged blob stores; the files are
+    /// removed with the log unless taken.
+    blobs: Vec<(Value, tempfile::TempPath)>,
 }
 
 struct Spool {
@@ -74,9 +74,16 @@ impl TxnLog {
             .to_str()
             .ok_or_else(|| io::Error::other("blob spool path is not UTF-8"))?
             .to_owned();
-        self.blobs.push(file);
+        let oid = args.first().cloned().unwrap_or(Value::None);
+        self.blobs.push((oid, file));
         args.push(Value::Str(path));
         self.push("storeBlobEnd", args)
+    }
+
+    /// The logged blob stores' oids and files, for a commit that keeps
+    /// the files.
+    pub fn take_blobs(&mut self) -> Vec<(Value, tempfile::TempPath)> {
+        std::mem::take(&mut self.blobs)
     }
 
     /// Logs one operation; `method` must be one of the logged methods.

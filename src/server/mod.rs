@@ -32,6 +32,8 @@ pub struct FrontendSettings {
     /// anonymous temporary files in `spool_dir`.
     pub spool_threshold: usize,
     pub spool_dir: std::path::PathBuf,
+    /// Where blob uploads are spooled.
+    pub blob_spool_dir: std::path::PathBuf,
 }
 
 /// Why the server could not start.
@@ -42,8 +44,10 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
-    #[error("no backend reachable: {0}")]
-    NoBackend(String),
+    /// The RAID could not start: no usable backend, or its state, blob
+    /// cache or blob directory unusable.
+    #[error("{0}")]
+    Raid(String),
 }
 
 /// Runs zeoraid on `listener` until `shutdown` is cancelled, then closes
@@ -58,9 +62,13 @@ pub async fn serve(
         path: config.server.state_dir.display().to_string(),
         source,
     })?;
-    remove_leftover_blob_spools(&config.server.state_dir);
+    crate::raid::remove_leftover_blob_spools(&config.server.state_dir);
     let timeouts = config.timeouts.clone();
-    let core = Raid::start(&config).await.map_err(StartError::NoBackend)?;
+    let core = Raid::start(&config).await.map_err(StartError::Raid)?;
+    // Streamed uploads are spooled where their files end up at finish.
+    let blob_spool_dir = core
+        .shared_blob_dir()
+        .map_or_else(|| config.server.state_dir.clone(), |dir| dir.spool_dir());
 
     let frontend = Arc::new(FrontendSettings {
         announce: config.server.encoding,
@@ -68,6 +76,7 @@ pub async fn serve(
         timeouts: timeouts.clone(),
         spool_threshold: config.server.spool_threshold,
         spool_dir: config.server.state_dir.clone(),
+        blob_spool_dir,
     });
     info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         storage = %config.server.storage, "zeoraid serving");
@@ -93,30 +102,6 @@ pub async fn serve(
     core.shutdown();
     info!("zeoraid stopped");
     Ok(())
-}
-
-/// Removes the blob spool files a crash left in `dir` (the transaction
-/// spools are anonymous files and vanish with the process).
-fn remove_leftover_blob_spools(dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if name
-            .to_str()
-            .is_some_and(|n| n.starts_with(transaction::BLOB_SPOOL_PREFIX))
-        {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => {
-                    info!(file = %entry.path().display(), "removed a blob spool file left by a crash")
-                }
-                Err(e) => {
-                    warn!(file = %entry.path().display(), error = %e, "cannot remove a leftover blob spool file")
-                }
-            }
-        }
-    }
 }
 
 /// Accepts connections until shutdown; returns the tracker of the

@@ -530,11 +530,15 @@ impl Session {
                 Ok(())
             }
             "storeBlobShared" => {
-                let error = ZeoError::storage(
-                    "storeBlobShared: zeoraid shares no blob directory with clients; \
-                     use shared-blob-dir false",
-                );
-                self.respond(name, reply, Err(error)).await
+                if let Err(error) = self.writable() {
+                    return self.respond(name, reply, Err(error)).await;
+                }
+                let command = self.shared_blob_command(args)?;
+                let queue = self.txn.as_ref().expect("writable sessions have a worker");
+                if queue.send(command).await.is_err() {
+                    return Err("transaction worker ended".into());
+                }
+                Ok(())
             }
             other => {
                 let error = ZeoError::attribute_error(format!("zeoraid has no method {other:?}"));
@@ -633,6 +637,30 @@ impl Session {
             .call_with(name, args, timeout, handler)
             .await;
         Ok(())
+    }
+
+    /// `storeBlobShared(oid, serial, data, filename, txn)` as a worker
+    /// command. A bad file name closes the connection, as with ZEO; a
+    /// zeoraid without a shared blob directory fails the transaction at
+    /// vote, saying why (ZEO would close the connection).
+    fn shared_blob_command(&self, mut args: Vec<Value>) -> Result<TxnCommand, String> {
+        let txn_id = args.pop().and_then(|id| id.as_int()).expect("checked");
+        let name = args.pop().expect("arity checked");
+        let oid = Tid::from_value(&args[0]).expect("checked");
+        let file = match self.core.shared_blob_dir() {
+            None => Err(
+                "storeBlobShared: zeoraid shares no blob directory with its \
+                 clients ([server] blob_dir); use shared-blob-dir false"
+                    .to_owned(),
+            ),
+            Some(dir) => {
+                let name = name
+                    .as_str()
+                    .ok_or("storeBlobShared: the file name is not a str")?;
+                Ok(dir.client_file(oid.0, name)?)
+            }
+        };
+        Ok(TxnCommand::BlobShared { txn_id, args, file })
     }
 
     /// `sendBlob(oid, serial)`: the blob file, from zeoraid's blob cache
@@ -819,6 +847,9 @@ fn check_arguments(name: &str, args: Vec<Value>) -> Result<Vec<Value>, ZeoError>
         | "restorea"
         | "undoa"
         | "storeBlobEnd" => int(name, "txn id", args.last().expect("arity checked")).map(drop),
+        "storeBlobShared" => {
+            id8(name, "oid", &args[0]).and_then(|()| int(name, "txn id", &args[4]).map(drop))
+        }
         _ => Ok(()),
     }?;
     Ok(args)

@@ -29,7 +29,7 @@ use crate::raid::{self, ClientId, Raid, VoteOutcome};
 
 /// Spooled blob files start with this, so that files a crash left behind
 /// are recognised and removed at the next start.
-pub const BLOB_SPOOL_PREFIX: &str = "zeoraid-blob-";
+pub use crate::raid::BLOB_SPOOL_PREFIX;
 
 /// Where a call's reply goes.
 pub struct ReplyTo {
@@ -65,6 +65,14 @@ pub enum TxnCommand {
         /// oid, serial, data.
         args: Vec<Value>,
     },
+    /// `storeBlobShared`: the blob of this store is a shared client's
+    /// file in zeoraid's shared blob directory, or why it cannot be used.
+    BlobShared {
+        txn_id: i64,
+        /// oid, serial, data.
+        args: Vec<Value>,
+        file: Result<PathBuf, String>,
+    },
     Vote {
         reply: ReplyTo,
         txn_id: i64,
@@ -85,6 +93,9 @@ struct Transaction {
     begin: [Value; 5],
     log: TxnLog,
     voted: Option<Voted>,
+    /// Why the transaction cannot commit, found before vote by a one-way
+    /// message that cannot answer; vote answers it.
+    failure: Option<ZeoError>,
 }
 
 /// A transaction that passed vote on the backends and holds the lock.
@@ -93,6 +104,9 @@ struct Voted {
     raid: raid::Voted,
     /// Oids to invalidate in other clients when it commits.
     invalidated: Vec<Value>,
+    /// The oids undo changed (a tail of `invalidated`): their blobs, if
+    /// any, are new revisions the backends made.
+    undone: Vec<Value>,
     /// When the lock is taken away from a client that neither finishes
     /// nor aborts.
     deadline: Instant,
@@ -111,6 +125,7 @@ pub struct TransactionWorker {
     /// Logged data above this many bytes is spooled to a temporary file.
     spool_threshold: usize,
     spool_dir: PathBuf,
+    blob_spool_dir: PathBuf,
     txn: Option<Transaction>,
     /// The blob being uploaded, spooled to a file until its storeBlobEnd.
     blob_upload: Option<tempfile::NamedTempFile>,
@@ -134,6 +149,7 @@ impl TransactionWorker {
             transaction_timeout: settings.timeouts.transaction(),
             spool_threshold: settings.spool_threshold,
             spool_dir: settings.spool_dir.clone(),
+            blob_spool_dir: settings.blob_spool_dir.clone(),
             txn: None,
             blob_upload: None,
         }
@@ -191,6 +207,7 @@ impl TransactionWorker {
                         begin: [user, description, extension, tid, status],
                         log: TxnLog::new(self.spool_threshold, self.spool_dir.clone()),
                         voted: None,
+                        failure: None,
                     });
                     Ok(())
                 }
@@ -214,7 +231,7 @@ impl TransactionWorker {
             TxnCommand::BlobStart => {
                 let file = tempfile::Builder::new()
                     .prefix(BLOB_SPOOL_PREFIX)
-                    .tempfile_in(&self.spool_dir)
+                    .tempfile_in(&self.blob_spool_dir)
                     .map_err(|error| format!("cannot spool a blob: {error}"))?;
                 self.blob_upload = Some(file);
                 Ok(())
@@ -242,6 +259,37 @@ impl TransactionWorker {
                     )),
                 }
             }
+            TxnCommand::BlobShared {
+                txn_id,
+                args,
+                file,
+            } => match &mut self.txn {
+                Some(txn) if txn.id == txn_id && txn.voted.is_none() => match file {
+                    Ok(path) if path.is_file() => tempfile::TempPath::try_from_path(path)
+                        .and_then(|file| txn.log.push_blob(args, file))
+                        .map_err(|error| format!("cannot spool the transaction: {error}")),
+                    Ok(path) => {
+                        txn.failure.get_or_insert(ZeoError::storage(format!(
+                            "storeBlobShared: no file {} in zeoraid's blob_dir; is the \
+                             client's blob-dir the same directory?",
+                            path.display()
+                        )));
+                        Ok(())
+                    }
+                    Err(reason) => {
+                        txn.failure.get_or_insert(ZeoError::storage(reason));
+                        Ok(())
+                    }
+                },
+                _ => {
+                    if let Ok(path) = file {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    Err(format!(
+                        "storeBlobShared for transaction {txn_id}, which is not active"
+                    ))
+                }
+            },
             TxnCommand::Vote { reply, txn_id } => {
                 let result = self.vote(txn_id).await?;
                 send_reply(&self.outbound, reply, result).await;
@@ -281,6 +329,11 @@ impl TransactionWorker {
                     "Already voting (locked)",
                 )])))
             }
+            Some(txn) if txn.failure.is_some() => {
+                let failure = self.txn.as_mut().and_then(|t| t.failure.take());
+                self.end_transaction(false).await;
+                return Ok(Err(failure.expect("checked")));
+            }
             Some(txn) => txn.id,
         };
         let stats = self.core.stats();
@@ -300,6 +353,7 @@ impl TransactionWorker {
             VoteOutcome::Voted(voted, reply) => {
                 let (invalidated, resolved) =
                     invalidated_oids(txn.log.stored_oids(), reply.as_seq().unwrap_or_default());
+                let undone = invalidated[txn.log.stored_oids().len()..].to_vec();
                 stats
                     .conflicts_resolved
                     .fetch_add(resolved, Ordering::Relaxed);
@@ -307,6 +361,7 @@ impl TransactionWorker {
                     _lock: lock,
                     raid: voted,
                     invalidated,
+                    undone,
                     deadline: Instant::now() + self.transaction_timeout,
                 });
                 self.holds_lock.send_replace(true);
@@ -355,6 +410,10 @@ impl TransactionWorker {
                 return Err(format!("tpc_finish failed on every backend: {reason}"));
             }
         };
+        // Shared clients read committed blobs from the shared directory as
+        // soon as they hear of the commit.
+        let blobs = txn.log.take_blobs();
+        self.core.publish_blobs(tid, blobs, &voted.undone).await;
         self.core
             .committed(self.client, tid, voted.invalidated, size);
         drop(voted._lock);
