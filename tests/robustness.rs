@@ -566,7 +566,7 @@ fn spooled_transactions_reach_every_backend_intact() {
     let leftovers: Vec<_> = std::fs::read_dir(zeoraid.state_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name())
-        .filter(|name| name != "raid-state.json")
+        .filter(|name| name != "raid-state.json" && name != "blob-cache")
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
