@@ -18,7 +18,12 @@ use std::path::{Path, PathBuf};
 
 use tracing::{error, info, warn};
 
+use futures_util::future::join_all;
+
+use super::recovery::ServerIterator;
+use super::state::SharedBlobsMark;
 use super::Raid;
+use crate::backend::{Backend, CallError};
 use crate::protocol::{Tid, Value};
 
 /// Spool files of blobs being uploaded or fetched start with this.
@@ -133,9 +138,198 @@ impl SharedBlobDir {
     pub fn has(&self, oid: u64, tid: u64) -> bool {
         self.blob_path(oid, tid).exists()
     }
+
+    /// Every oid directory, walked lazily (memory stays bounded however
+    /// many there are).
+    fn oid_dirs(&self) -> impl Iterator<Item = (u64, PathBuf)> {
+        let mut stack = vec![(self.root.clone(), 0u32, 0u64)];
+        std::iter::from_fn(move || loop {
+            let (path, depth, oid) = stack.pop()?;
+            if depth == 8 {
+                return Some((oid, path));
+            }
+            let Ok(entries) = fs::read_dir(&path) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let byte = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("0x"))
+                    .filter(|hex| hex.len() == 2)
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+                if let Some(byte) = byte {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push((entry.path(), depth + 1, oid << 8 | u64::from(byte)));
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Blob files of one pack checked with the backend at a time.
+const PRUNE_BATCH: usize = 64;
+
+/// The tid of a committed blob file's name, `<tid_repr>.blob`.
+fn parse_blob_name(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".blob")?.strip_prefix("0x")?;
+    u64::from_str_radix(hex, 16).ok()
 }
 
 impl Raid {
+    /// Brings the shared blob directory up to the RAID's last transaction
+    /// before clients are served: the blob files of every transaction
+    /// after the mark, fetched from a backend where missing (all of them
+    /// for a directory new to an existing database; those of the last run
+    /// after a crash). Then records the new mark.
+    pub(super) async fn fill_shared_blob_dir(&self) -> Result<(), String> {
+        let Some(dir) = &self.blob_dir else {
+            return Ok(());
+        };
+        let mark = self.shared.persisted.lock().state.shared_blobs.clone();
+        let from = mark
+            .filter(|mark| mark.dir == dir.root)
+            .map_or(Tid::ZERO, |mark| Tid(mark.complete_to));
+        let last = self.last_tid();
+        if from < last {
+            let source = self
+                .optimal_members()
+                .into_iter()
+                .next()
+                .ok_or("no optimal backend to fill the shared blob directory from")?;
+            info!(dir = %dir.root.display(), after = %from, "filling the shared blob directory");
+            let added = self
+                .fill_from(dir, &source.1, from, last)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot fill the shared blob directory {} from {}: {e}",
+                        dir.root.display(),
+                        source.1.name()
+                    )
+                })?;
+            info!(added, "shared blob directory filled");
+        }
+        self.mark_shared_blobs_complete();
+        Ok(())
+    }
+
+    async fn fill_from(
+        &self,
+        dir: &SharedBlobDir,
+        source: &Backend,
+        from: Tid,
+        last: Tid,
+    ) -> Result<u64, String> {
+        let start = (from != Tid::ZERO).then(|| Tid(from.0 + 1));
+        let mut transactions =
+            ServerIterator::start(source, start, Some(last), self.commit_timeout()).await?;
+        let mut added = 0;
+        let result = async {
+            while let Some(txn) = transactions.next_txn().await? {
+                transactions.start_records(&txn).await?;
+                let mut blobs = Vec::new();
+                while let Some(record) = transactions.next_record().await? {
+                    let oid = Tid::from_value(&record.oid).unwrap_or_default();
+                    if record.is_blob() && !dir.has(oid.0, txn.tid.0) {
+                        blobs.push(record.oid);
+                    }
+                }
+                for oid in blobs {
+                    let id = Tid::from_value(&oid).unwrap_or_default();
+                    let file = self
+                        .load_blob(
+                            &oid,
+                            &txn.tid.to_value(),
+                            &dir.spool_dir(),
+                            BLOB_SPOOL_PREFIX,
+                        )
+                        .await
+                        .map_err(|e| format!("blob {id} of transaction {}: {e}", txn.tid))?;
+                    dir.place(id.0, txn.tid.0, file)
+                        .map_err(|e| e.to_string())?;
+                    added += 1;
+                }
+            }
+            Ok::<_, String>(added)
+        }
+        .await;
+        transactions.close().await;
+        result
+    }
+
+    /// Records that the shared blob directory holds every blob up to the
+    /// last transaction: at start-up once filled, and at a clean shutdown.
+    pub fn mark_shared_blobs_complete(&self) {
+        let Some(dir) = &self.blob_dir else { return };
+        let mut persisted = self.shared.persisted.lock();
+        persisted.state.shared_blobs = Some(SharedBlobsMark {
+            dir: dir.root.clone(),
+            complete_to: self.last_tid().0,
+        });
+        if let Err(error) = persisted.file.save(&persisted.state) {
+            warn!(%error, "cannot record how far the shared blob directory is complete");
+        }
+    }
+
+    /// After a pack: removes the shared directory's blob files of
+    /// revisions the backends no longer hold, as a blob storage's own
+    /// pack does, and oid directories left empty. A file is kept unless a
+    /// backend says the revision is gone.
+    pub(super) async fn prune_shared_blob_dir(&self) {
+        let Some(dir) = &self.blob_dir else { return };
+        let mut removed = 0;
+        let mut batch: Vec<(u64, u64, PathBuf)> = Vec::new();
+        for (oid, oid_dir) in dir.oid_dirs() {
+            let Ok(entries) = fs::read_dir(&oid_dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if let Some(tid) = parse_blob_name(&entry.file_name().to_string_lossy()) {
+                    batch.push((oid, tid, entry.path()));
+                }
+            }
+            if batch.len() >= PRUNE_BATCH {
+                removed += self.prune_batch(std::mem::take(&mut batch)).await;
+            }
+            // A directory left empty by an earlier batch goes now.
+            let _ = fs::remove_dir(&oid_dir);
+        }
+        removed += self.prune_batch(batch).await;
+        if removed > 0 {
+            info!(
+                removed,
+                "pack: blob files removed from the shared blob directory"
+            );
+        }
+    }
+
+    async fn prune_batch(&self, batch: Vec<(u64, u64, PathBuf)>) -> u64 {
+        let Some((_, backend)) = self.read_member() else {
+            return 0;
+        };
+        let answers = join_all(batch.iter().map(|(oid, tid, _)| {
+            backend.call(
+                "loadSerial",
+                vec![Tid(*oid).to_value(), Tid(*tid).to_value()],
+            )
+        }))
+        .await;
+        let mut removed = 0;
+        for ((_, _, path), answer) in batch.iter().zip(answers) {
+            if let Err(CallError::Remote(error)) = answer {
+                if error.is_pos_key_error() && fs::remove_file(path).is_ok() {
+                    removed += 1;
+                    if let Some(parent) = path.parent() {
+                        let _ = fs::remove_dir(parent);
+                    }
+                }
+            }
+        }
+        removed
+    }
+
     /// The blob directory shared with clients, if configured.
     pub fn shared_blob_dir(&self) -> Option<&SharedBlobDir> {
         self.blob_dir.as_ref()
@@ -280,6 +474,28 @@ mod tests {
         SharedBlobDir::open(dir.path()).unwrap();
         fs::create_dir(dir.path().join("0x00")).unwrap();
         SharedBlobDir::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn oid_directories_are_walked_with_their_oids() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = SharedBlobDir::open(dir.path()).unwrap();
+        for oid in [1, 0x0102, 0x0a00_0000_0000_0001] {
+            fs::create_dir_all(blobs.oid_dir(oid)).unwrap();
+        }
+        let mut found: Vec<(u64, PathBuf)> = blobs.oid_dirs().collect();
+        found.sort();
+        let expected: Vec<(u64, PathBuf)> = [1, 0x0102, 0x0a00_0000_0000_0001]
+            .into_iter()
+            .map(|oid| (oid, blobs.oid_dir(oid)))
+            .collect();
+        assert_eq!(found, expected);
+        assert_eq!(
+            parse_blob_name("0x040d55054567e366.blob"),
+            Some(0x040d55054567e366)
+        );
+        assert_eq!(parse_blob_name("0x00.blob"), Some(0));
+        assert_eq!(parse_blob_name("x.tmp-"), None);
     }
 
     #[test]

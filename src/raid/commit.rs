@@ -199,7 +199,7 @@ impl Raid {
         args: Vec<Value>,
         timeout: std::time::Duration,
     ) -> Result<Value, ZeoError> {
-        let _commits = self.lock_commits().await;
+        let commits = self.lock_commits().await;
         // Always wait for the backends' packs, whatever the client asked:
         // the lock must cover them.
         let args = vec![args.first().cloned().unwrap_or(Value::None), Value::Int(1)];
@@ -225,8 +225,12 @@ impl Raid {
                 );
             }
         }
-        // Packed-away revisions must not be served from the cache.
+        drop(commits);
+        // Packed-away revisions must not be served from the cache, nor be
+        // found by shared clients. (New commits meanwhile are current
+        // revisions, which the pruning keeps.)
         self.blob_cache.clear();
+        self.prune_shared_blob_dir().await;
         Ok(Value::None)
     }
 

@@ -283,6 +283,10 @@ impl Raid {
             return Err(reason);
         }
         raid.check_blob_support().await;
+        if let Err(reason) = raid.fill_shared_blob_dir().await {
+            raid.shutdown();
+            return Err(reason);
+        }
         Ok(raid)
     }
 

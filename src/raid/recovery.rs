@@ -867,8 +867,8 @@ async fn compare(
 }
 
 /// A transaction's header as `iterator_next` returns it.
-struct TxnHeader {
-    tid: Tid,
+pub(super) struct TxnHeader {
+    pub(super) tid: Tid,
     /// The tid as the backend sent it, for `iterator_record_start`.
     tid_value: Value,
     status: Value,
@@ -910,9 +910,9 @@ impl TxnHeader {
 }
 
 /// A data record as `iterator_record_next` returns it.
-struct Record {
-    oid: Value,
-    serial: Value,
+pub(super) struct Record {
+    pub(super) oid: Value,
+    pub(super) serial: Value,
     /// None for a record that undid an object's creation.
     data: Value,
     /// The transaction whose data this record repeats (undo), or None.
@@ -958,7 +958,7 @@ impl Record {
     /// Whether the record is a ZODB blob (`ZODB.blob.Blob` pickled as its
     /// class, which is how ZODB itself tells): its file is not in the
     /// record, so copying the record alone would lose it.
-    fn is_blob(&self) -> bool {
+    pub(super) fn is_blob(&self) -> bool {
         let Some(data) = self.data.as_bytes() else {
             return false;
         };
@@ -972,7 +972,7 @@ impl Record {
 
 /// One server-side transaction iterator on a backend, with its current
 /// record iterator.
-struct ServerIterator<'a> {
+pub(super) struct ServerIterator<'a> {
     backend: &'a Backend,
     timeout: Duration,
     id: Value,
@@ -984,7 +984,7 @@ struct ServerIterator<'a> {
 impl<'a> ServerIterator<'a> {
     /// `iterator_start(start, stop)`; the server may take a while to find
     /// `start` in a large storage, hence `timeout`.
-    async fn start(
+    pub(super) async fn start(
         backend: &'a Backend,
         start: Option<Tid>,
         stop: Option<Tid>,
@@ -1011,7 +1011,7 @@ impl<'a> ServerIterator<'a> {
             .map_err(|e| e.to_string())
     }
 
-    async fn next_txn(&mut self) -> Result<Option<TxnHeader>, String> {
+    pub(super) async fn next_txn(&mut self) -> Result<Option<TxnHeader>, String> {
         let reply = self.call("iterator_next", vec![self.id.clone()]).await?;
         if reply == Value::None {
             // The server dropped the iterator at its end.
@@ -1021,7 +1021,7 @@ impl<'a> ServerIterator<'a> {
         TxnHeader::parse(reply).map(Some)
     }
 
-    async fn start_records(&mut self, txn: &TxnHeader) -> Result<(), String> {
+    pub(super) async fn start_records(&mut self, txn: &TxnHeader) -> Result<(), String> {
         let id = self
             .call(
                 "iterator_record_start",
@@ -1033,7 +1033,7 @@ impl<'a> ServerIterator<'a> {
         Ok(())
     }
 
-    async fn next_record(&mut self) -> Result<Option<Record>, String> {
+    pub(super) async fn next_record(&mut self) -> Result<Option<Record>, String> {
         let id = self.records.clone().ok_or("no record iterator")?;
         let reply = self.call("iterator_record_next", vec![id.clone()]).await?;
         if reply == Value::None {
@@ -1045,7 +1045,7 @@ impl<'a> ServerIterator<'a> {
     }
 
     /// Frees what the server still holds for this iterator.
-    async fn close(self) {
+    pub(super) async fn close(self) {
         if !self.open.is_empty() {
             let _ = self
                 .backend

@@ -31,6 +31,20 @@ pub struct PersistentState {
     /// Every oid below this may have been handed out (see `oids`).
     #[serde(default)]
     pub oids_reserved: u64,
+    /// How far the shared blob directory is known to be complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_blobs: Option<SharedBlobsMark>,
+}
+
+/// The shared blob directory holds the blob files of every transaction up
+/// to `complete_to`. Written after start-up filled it and at a clean
+/// shutdown: after a crash, the transactions since the last start are
+/// checked again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedBlobsMark {
+    pub dir: PathBuf,
+    /// A tid, as an integer.
+    pub complete_to: u64,
 }
 
 /// The state file of one zeoraid.

@@ -91,13 +91,19 @@ pub async fn serve(
 
     info!("shutting down: waiting for sessions to end");
     sessions.close();
-    if tokio::time::timeout(timeouts.shutdown(), sessions.wait())
+    let mut ended = tokio::time::timeout(timeouts.shutdown(), sessions.wait())
         .await
-        .is_err()
-    {
+        .is_ok();
+    if !ended {
         warn!(timeout = ?timeouts.shutdown(), "sessions still open after the shutdown timeout; closing them");
         core.disconnect_all_clients();
-        let _ = tokio::time::timeout(Duration::from_secs(5), sessions.wait()).await;
+        ended = tokio::time::timeout(Duration::from_secs(5), sessions.wait())
+            .await
+            .is_ok();
+    }
+    if ended {
+        // Every commit has put its blobs into the shared directory.
+        core.mark_shared_blobs_complete();
     }
     core.shutdown();
     info!("zeoraid stopped");
