@@ -234,6 +234,11 @@ pub struct BackendConfig {
     pub address: String,
     /// The storage name on that server.
     pub storage: String,
+    /// The server's blob directory, when zeoraid can write to it (same
+    /// machine or shared file system): blobs are copied into it rather
+    /// than streamed over the connection.
+    #[serde(default)]
+    pub blob_dir: Option<PathBuf>,
 }
 
 fn default_encoding() -> Encoding {
@@ -375,6 +380,19 @@ impl Config {
             check_address(&backend.address).map_err(|m| invalid(&key("address"), m))?;
             if backend.storage.is_empty() {
                 return Err(invalid(&key("storage"), "must not be empty".into()));
+            }
+            if let Some(dir) = &backend.blob_dir {
+                let taken = Some(dir) == self.server.blob_dir.as_ref()
+                    || self.backends[..i]
+                        .iter()
+                        .any(|b| b.blob_dir.as_ref() == Some(dir));
+                if taken {
+                    return Err(invalid(
+                        &key("blob_dir"),
+                        "each backend's blob directory must be its own, and not [server] blob_dir"
+                            .into(),
+                    ));
+                }
             }
         }
         Ok(())

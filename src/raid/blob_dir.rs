@@ -85,6 +85,25 @@ impl SharedBlobDir {
         })
     }
 
+    /// A backend's blob directory, which its ZEO server created: it must
+    /// be there, in the bushy layout.
+    pub fn existing(root: &Path) -> Result<SharedBlobDir, String> {
+        match fs::read_to_string(root.join(LAYOUT_MARKER)) {
+            Ok(layout) if layout.trim() == LAYOUT => Ok(SharedBlobDir {
+                root: root.to_owned(),
+            }),
+            Ok(layout) => Err(format!(
+                "blob_dir {}: layout {:?}, zeoraid writes the bushy layout",
+                root.display(),
+                layout.trim()
+            )),
+            Err(e) => Err(format!(
+                "blob_dir {}: no readable {LAYOUT_MARKER} ({e}); is it the backend's blob-dir?",
+                root.display()
+            )),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

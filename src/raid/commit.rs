@@ -13,6 +13,8 @@
 use futures_util::future::join_all;
 use tracing::debug;
 
+use super::backend_blob_dirs::BackendBlobCopies;
+use super::blob_dir::SharedBlobDir;
 use super::txnlog::TxnLog;
 use super::Raid;
 use crate::backend::{Backend, CallError};
@@ -73,11 +75,12 @@ impl Raid {
             })
             .collect();
         let timeout = self.commit_timeout();
-        let answers = join_all(
-            voters
-                .iter()
-                .map(|voter| replay(voter, begin, tid, log, timeout)),
-        )
+        let answers = join_all(voters.iter().map(|voter| {
+            let blob_dir = self.backend_blob_dirs[voter.index]
+                .as_ref()
+                .map(|dir| (dir, &self.blob_copies));
+            replay(voter, begin, tid, log, blob_dir, timeout)
+        }))
         .await;
 
         // Backends that did not answer are out; the rest are grouped.
@@ -240,12 +243,15 @@ impl Raid {
     }
 }
 
-/// Sends the logged transaction to one backend and votes.
+/// Sends the logged transaction to one backend and votes. Blobs go to a
+/// backend whose blob directory zeoraid shares as copies in it, else
+/// streamed.
 async fn replay(
     voter: &Voter,
     begin: &[Value; 5],
     tid: Tid,
     log: &TxnLog,
+    blob_dir: Option<(&SharedBlobDir, &BackendBlobCopies)>,
     timeout: std::time::Duration,
 ) -> Result<Value, CallError> {
     let backend = &voter.backend;
@@ -260,6 +266,8 @@ async fn replay(
         status.clone(),
     ];
     backend.one_way("tpc_begin", begin_args).await?;
+    // Copies the backend has not taken are removed after its vote.
+    let mut copies = Vec::new();
     let mut ops = log.reader();
     loop {
         let op = ops.next().await.map_err(|error| CallError::Disconnected {
@@ -270,7 +278,22 @@ async fn replay(
         if method == "storeBlobEnd" {
             // The log holds the blob's file path where ZEO has the txn id.
             let path = args.pop().unwrap_or(Value::None);
-            send_blob_file(backend, path.as_str().unwrap_or_default()).await?;
+            let path = path.as_str().unwrap_or_default();
+            if let Some((dir, blob_copies)) = blob_dir {
+                let oid = args.first().and_then(Tid::from_value).unwrap_or_default();
+                let copy = blob_copies
+                    .copy(dir, oid.0, std::path::Path::new(path))
+                    .await
+                    .map_err(|error| CallError::Disconnected {
+                        backend: backend.name().to_owned(),
+                        reason: format!("cannot copy a blob into its blob_dir: {error}"),
+                    })?;
+                args.extend([Value::str(copy.name()), txn.clone()]);
+                copies.push(copy);
+                backend.one_way("storeBlobShared", args).await?;
+                continue;
+            }
+            send_blob_file(backend, path).await?;
         }
         args.push(txn.clone());
         backend.one_way(method, args).await?;

@@ -10,6 +10,7 @@
 //! confirmed (see `state`). The core also owns the invalidation fan-out and
 //! history, the oid allocator and the tid clock.
 
+mod backend_blob_dirs;
 mod blob_cache;
 mod blob_copy;
 mod blob_dir;
@@ -183,6 +184,9 @@ pub struct Raid {
     blob_cache: blob_cache::BlobCache,
     /// The blob directory shared with clients, if any.
     blob_dir: Option<SharedBlobDir>,
+    /// Each backend's blob directory, where zeoraid may write to it.
+    backend_blob_dirs: Vec<Option<SharedBlobDir>>,
+    blob_copies: backend_blob_dirs::BackendBlobCopies,
     /// A running recovery or pack (they exclude each other).
     maintenance: Arc<Mutex<Maintenance>>,
     /// The current or last recovery, for `raid_recovery`.
@@ -206,6 +210,20 @@ impl Raid {
             Some(dir) => Some(SharedBlobDir::open(dir)?),
             None => None,
         };
+        let blob_copies = backend_blob_dirs::BackendBlobCopies::open(&config.server.state_dir)
+            .map_err(|e| format!("cannot clean up blob copies: {e}"))?;
+        // An unusable backend blob directory degrades its backend below.
+        let (backend_blob_dirs, unusable_blob_dirs): (Vec<_>, Vec<_>) = config
+            .backends
+            .iter()
+            .map(
+                |b| match b.blob_dir.as_deref().map(SharedBlobDir::existing) {
+                    None => (None, None),
+                    Some(Ok(dir)) => (Some(dir), None),
+                    Some(Err(reason)) => (None, Some(reason)),
+                },
+            )
+            .unzip();
         let names: Vec<String> = config.backends.iter().map(|b| b.name.clone()).collect();
         let shared = Arc::new(Shared {
             names: names.clone(),
@@ -273,6 +291,8 @@ impl Raid {
             spool_dir: config.server.state_dir.clone(),
             blob_cache,
             blob_dir,
+            backend_blob_dirs,
+            blob_copies,
             maintenance: Arc::new(Mutex::new(Maintenance::Idle)),
             last_recovery: Mutex::new(None),
         });
@@ -281,6 +301,13 @@ impl Raid {
         if let Err(reason) = raid.decide_initial_health().await {
             raid.shutdown();
             return Err(reason);
+        }
+        for (index, reason) in unusable_blob_dirs.iter().enumerate() {
+            if let Some(reason) = reason {
+                if raid.is_optimal(index) {
+                    raid.degrade(index, reason);
+                }
+            }
         }
         raid.check_blob_support().await;
         if let Err(reason) = raid.fill_shared_blob_dir().await {
