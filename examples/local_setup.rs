@@ -50,16 +50,13 @@ fn main() {
 
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap_or_else(|e| panic!("cannot listen on 127.0.0.1:{port}: {e}"));
         let shutdown = CancellationToken::new();
         let on_signal = shutdown.clone();
         tokio::spawn(async move {
             let _ = tokio::signal::ctrl_c().await;
             on_signal.cancel();
         });
-        zeoraid::server::serve(config, listener, shutdown)
+        zeoraid::server::serve(config, shutdown)
             .await
             .expect("zeoraid runs");
     });

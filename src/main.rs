@@ -211,16 +211,9 @@ fn serve(path: PathBuf) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(&config.server.listen).await {
-            Ok(listener) => listener,
-            Err(err) => {
-                error!(address = %config.server.listen, error = %err, "cannot listen");
-                return ExitCode::FAILURE;
-            }
-        };
         let shutdown = CancellationToken::new();
         tokio::spawn(signal_shutdown(shutdown.clone()));
-        match zeoraid::server::serve(config, listener, shutdown).await {
+        match zeoraid::server::serve(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 error!(error = %err, "zeoraid cannot start");

@@ -3,12 +3,15 @@
 //!
 //! A ZEO server answers `sendBlob(oid, serial)` on the connection that
 //! asked with one-way `receiveBlobStart`, `receiveBlobChunk`s and
-//! `receiveBlobStop` messages, then the call's reply. Those messages name
-//! only the blob, so each backend connection carries one blob download at
-//! a time; the chunks are written to a spool file as they arrive (on the
-//! backend's reader, in stream order) and the session streams the finished
-//! file to its client at the client's pace. A backend that fails mid-
-//! transfer is degraded and the download starts over on another.
+//! `receiveBlobStop` messages, then the call's reply, and answers nothing
+//! else on that connection meanwhile. So downloads go over a connection of
+//! their own per backend, which carries nothing else. The messages name
+//! only the blob, so that connection carries one download at a time; the
+//! chunks are written to a spool file as they arrive (on the connection's
+//! reader, in stream order) and the session streams the finished file to
+//! its client at the client's pace. A download that fails mid-transfer
+//! starts over on another optimal backend; a backend that sends a broken
+//! stream is degraded (a dead one is degraded by its main connection).
 
 use std::fs::File;
 use std::io::Write;
@@ -19,9 +22,11 @@ use tracing::{debug, warn};
 
 use futures_util::future::join_all;
 
+use std::sync::Weak;
+
 use super::blob_cache::{BlobKey, PART_PREFIX};
-use super::Raid;
-use crate::backend::{Backend, CallError};
+use super::{Raid, Shared};
+use crate::backend::{Backend, BackendObserver, CallError};
 use crate::protocol::{Message, Tid, Value, ZeoError};
 
 /// One backend connection's download slot.
@@ -85,6 +90,36 @@ impl BlobDownloads {
                 }
             }
             _ => download.stopped = true,
+        }
+    }
+}
+
+/// Receives a download connection's events: blob streams. Its
+/// invalidations (every commit through the main connection) and its
+/// connection state are not the backend's health.
+pub(super) struct DownloadObserver {
+    shared: Weak<Shared>,
+    index: usize,
+}
+
+impl DownloadObserver {
+    pub(super) fn new(shared: Weak<Shared>, index: usize) -> DownloadObserver {
+        DownloadObserver { shared, index }
+    }
+}
+
+impl BackendObserver for DownloadObserver {
+    fn connected(&self, _backend: &str, _last_tid: Tid) {}
+
+    fn disconnected(&self, backend: &str, reason: &str) {
+        debug!(backend, reason, "blob download connection lost");
+    }
+
+    fn one_way(&self, _backend: &str, message: Message) {
+        if message.name.starts_with("receiveBlob") {
+            if let Some(shared) = self.shared.upgrade() {
+                shared.blobs.message(self.index, &message);
+            }
         }
     }
 }
@@ -159,9 +194,10 @@ impl Raid {
     ) -> Result<tempfile::TempPath, ZeoError> {
         let mut last_failure = None;
         for _ in 0..self.backend_count() {
-            let Some((index, backend)) = self.read_member() else {
+            let Some((index, _)) = self.read_member() else {
                 break;
             };
+            let backend = &self.download_links[index];
             let slot = &self.shared.blobs.per_backend[index];
             let _turn = slot.turn.lock().await;
             debug!(
@@ -210,7 +246,13 @@ impl Raid {
                 }
                 Err(CallError::Remote(error)) => return Err(error),
                 Err(error) => {
-                    self.degrade(index, &format!("sendBlob failed: {error}"));
+                    // The download connection failed, which says nothing
+                    // sure about the backend (its main connection would
+                    // find it dead): try another. A stalled stream may yet
+                    // resume; start that connection afresh.
+                    if matches!(error, CallError::Timeout { .. }) {
+                        backend.reset("sendBlob timed out");
+                    }
                     last_failure = Some(error.to_string());
                 }
             }

@@ -167,6 +167,9 @@ struct Shared {
 pub struct Raid {
     storage_name: String,
     backends: Vec<Backend>,
+    /// A second connection per backend for blob downloads: a ZEO server
+    /// streaming a blob answers nothing else on that connection.
+    download_links: Vec<Backend>,
     shared: Arc<Shared>,
     /// Serialises transactions from vote to finish/abort: commits reach
     /// every backend in the same order, and the tid clock is read under it.
@@ -257,30 +260,44 @@ impl Raid {
             blobs: blobs::BlobDownloads::new(config.backends.len()),
         });
         let timeouts = &config.timeouts;
-        let backends: Vec<Backend> = config
+        let settings: Vec<BackendSettings> = config
             .backends
             .iter()
+            .map(|backend| BackendSettings {
+                name: backend.name.clone(),
+                address: backend.address.clone(),
+                storage: backend.storage.clone(),
+                connect_timeout: timeouts.connect(),
+                call_timeout: timeouts.call(),
+                heartbeat_interval: timeouts.heartbeat(),
+                max_frame_size: config.server.max_frame_size,
+            })
+            .collect();
+        let backends: Vec<Backend> = settings
+            .iter()
             .enumerate()
-            .map(|(index, backend)| {
-                let settings = BackendSettings {
-                    name: backend.name.clone(),
-                    address: backend.address.clone(),
-                    storage: backend.storage.clone(),
-                    connect_timeout: timeouts.connect(),
-                    call_timeout: timeouts.call(),
-                    heartbeat_interval: timeouts.heartbeat(),
-                    max_frame_size: config.server.max_frame_size,
-                };
+            .map(|(index, settings)| {
                 let observer = Arc::new(Observer {
                     shared: Arc::downgrade(&shared),
                     index,
                 });
+                Backend::spawn(settings.clone(), observer)
+            })
+            .collect();
+        let download_links = settings
+            .into_iter()
+            .enumerate()
+            .map(|(index, mut settings)| {
+                settings.name = format!("{} (blob downloads)", settings.name);
+                let observer =
+                    Arc::new(blobs::DownloadObserver::new(Arc::downgrade(&shared), index));
                 Backend::spawn(settings, observer)
             })
             .collect();
         let raid = Arc::new(Raid {
             storage_name: config.server.storage.clone(),
             backends,
+            download_links,
             shared,
             commit_lock: Arc::new(tokio::sync::Mutex::new(())),
             next_backend_txn: AtomicI64::new(1),
@@ -710,7 +727,7 @@ impl Raid {
 
     pub fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        for backend in &self.backends {
+        for backend in self.backends.iter().chain(&self.download_links) {
             backend.shutdown();
         }
     }
@@ -940,9 +957,6 @@ impl BackendObserver for Observer {
                     let message = Arc::new(Message::one_way("info", vec![info]));
                     fan_out(&inner, &message, None);
                 }
-            }
-            "receiveBlobStart" | "receiveBlobChunk" | "receiveBlobStop" => {
-                shared.blobs.message(self.index, &message)
             }
             other => warn!(
                 backend,

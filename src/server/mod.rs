@@ -48,16 +48,18 @@ pub enum StartError {
     /// cache or blob directory unusable.
     #[error("{0}")]
     Raid(String),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
 }
 
-/// Runs zeoraid on `listener` until `shutdown` is cancelled, then closes
-/// connections gracefully: commits that hold the lock may finish within
-/// the shutdown timeout.
-pub async fn serve(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), StartError> {
+/// Starts the RAID, then listens on `[server] listen` until `shutdown` is
+/// cancelled, then closes connections gracefully: commits that hold the
+/// lock may finish within the shutdown timeout. The port opens only once
+/// zeoraid can serve (its blob directory ready, its backends judged).
+pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     std::fs::create_dir_all(&config.server.state_dir).map_err(|source| StartError::StateDir {
         path: config.server.state_dir.display().to_string(),
         source,
@@ -65,6 +67,16 @@ pub async fn serve(
     crate::raid::remove_leftover_blob_spools(&config.server.state_dir);
     let timeouts = config.timeouts.clone();
     let core = Raid::start(&config).await.map_err(StartError::Raid)?;
+    let listener = match TcpListener::bind(&config.server.listen).await {
+        Ok(listener) => listener,
+        Err(source) => {
+            core.shutdown();
+            return Err(StartError::Listen {
+                address: config.server.listen.clone(),
+                source,
+            });
+        }
+    };
     // Streamed uploads are spooled where their files end up at finish.
     let blob_spool_dir = core
         .shared_blob_dir()
