@@ -56,10 +56,10 @@ impl SharedBlobDir {
                 ))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let other_entries = fs::read_dir(root)
-                    .map_err(failed)?
-                    .flatten()
-                    .any(|entry| entry.file_name() != "tmp");
+                let other_entries = fs::read_dir(root).map_err(failed)?.flatten().any(|entry| {
+                    let name = entry.file_name();
+                    name != "tmp" && !name.to_string_lossy().starts_with(LAYOUT_MARKER)
+                });
                 if other_entries {
                     // ZODB would take it for the old lawn layout.
                     return Err(format!(
@@ -68,7 +68,11 @@ impl SharedBlobDir {
                         root.display()
                     ));
                 }
-                fs::write(&marker, LAYOUT).map_err(failed)?;
+                // Written whole or not at all: a client that looks now
+                // must not find it empty.
+                let partial = root.join(".layout.zeoraid-new");
+                fs::write(&partial, LAYOUT).map_err(failed)?;
+                fs::rename(&partial, &marker).map_err(failed)?;
                 info!(dir = %root.display(), "shared blob directory created");
             }
             Err(e) => return Err(failed(e)),

@@ -1,37 +1,64 @@
 #!/usr/bin/env python
-"""ZODB's and ZEO's own blob tests, run through zeoraid (streamed blobs:
-`shared_blob_dir=False`, the ClientStorage default).
+"""ZODB's and ZEO's own blob tests, run through zeoraid, with clients that
+stream blobs (`shared_blob_dir=False`, the ClientStorage default) and
+with clients that share zeoraid's blob directory (`shared_blob_dir=True`,
+zeoraid's `[server] blob_dir`).
 
 Every storage a test opens is a `ClientStorage` connected to a fresh
 zeoraid in front of 2 fresh ZEO servers (backend a pickle, b msgpack; the
 front end msgpack), each serving `<filestorage 1>` with a `blob-dir` (not
 the `<blobstorage>` wrapper, which leaves extra files for undone creations:
-docs/research/blob-protocol.md pitfall P4). After each test, with its
-clients closed and zeoraid and the backends stopped, every such "rig" is
-checked:
+docs/research/blob-protocol.md pitfall P4). For a shared client, the
+client's blob dir is zeoraid's `[server] blob_dir` (made absolute; zeoraid
+creates it with tmp/ and `.layout`, as ZEO's server does for
+testZEO.create_storage_shared), never a backend's. After each test, with
+its clients closed and zeoraid and the backends stopped, every such "rig"
+is checked (and, shared, when its zeoraid's port first accepts
+connections, zeoraid's blob_dir must already hold tmp/ and a `.layout`
+saying bushy: the client picks the layout when constructed, before it
+connects, as ZEO's server has its blob dir ready before it listens):
 
 * the backends' FileStorages hold the identical history
   (`zeoraid_testing.compare_histories`, read from the files);
 * their blob directories hold the identical blob files: the same
   `<oid path>/<tid>.blob` names with the same SHA-256 (tmp/ ignored);
 * zeoraid degraded no backend, and left no blob spool file
-  (`zeoraid-blob-*`) in its state dir.
+  (`zeoraid-blob-*`) in its state dir;
+* shared: zeoraid's blob_dir holds exactly the backends' committed blob
+  files (the same relative `<oid path>/<tid>.blob` names, the same
+  SHA-256) and no other file (a `.tmp-` upload left behind, say), tmp/ and
+  `.layout` aside; its tmp/ exists and holds no `zeoraid-blob-*` file. A
+  difference is described file by file, with what the backends' Data.fs
+  says of that revision (and whether a pack ran). The blob_dir lies in the
+  test's directory, which the test's tearDown removes, so it is read when
+  its rig stops (a doctest's rigs are stopped just before its tearDown).
 A failed check fails the test.
 
-  zodb  ZODB.tests.testblob.storage_reusable_suite (streamed), with a
-        factory that starts a rig per storage: blob_connection.txt,
-        blob_importexport.txt, blob_transaction.txt, testblob's module
-        doctests and BlobUndoTests (20 tests).
-  zeo   ZEO's blob tests: the blob methods of
-        testZEO.BlobAdaptedFileStorageTests (CommonBlobTests +
-        checkStoreAndLoadBlob, 6), zeo_blob_cache.test and testZEO's
-        gracefully_handle_abort_while_storing_many_blobs with `start_server`
-        starting a rig, and PackableStorage.IExternalGC_suite (pack-gc
-        false backends).
-  all   both.
+  zodb         ZODB.tests.testblob.storage_reusable_suite (streamed), with
+               a factory that starts a rig per storage: blob_connection.txt,
+               blob_importexport.txt, blob_transaction.txt, testblob's
+               module doctests and BlobUndoTests (20 tests).
+  zeo          ZEO's blob tests: the blob methods of
+               testZEO.BlobAdaptedFileStorageTests (CommonBlobTests +
+               checkStoreAndLoadBlob, 6), zeo_blob_cache.test and testZEO's
+               gracefully_handle_abort_while_storing_many_blobs with
+               `start_server` starting a rig, and
+               PackableStorage.IExternalGC_suite (pack-gc false backends).
+  zodb-shared  storage_reusable_suite('ClientStorageSharedBlobs', factory)
+               as testZEO's, the factory (as testZEO.create_storage_shared)
+               starting a rig with zeoraid's blob_dir = the client's blob
+               dir (20 tests).
+  zeo-shared   ZEO's shared-mode blob tests: the CommonBlobTests methods of
+               testZEO.BlobWritableCacheTests (5); and IExternalGC.test with
+               a shared client (ZEO runs it streamed only; here the pack
+               must take the packed-away blob out of zeoraid's blob_dir, for
+               the shared client's loadBlob to raise POSKeyError).
+  shared       zodb-shared and zeo-shared.
+  all          all four.
 
 Left out, each for the reason in EXCLUDED below. --direct runs the same
-tests against one plain ZEO server (no zeoraid): the control run (all pass
+tests against one plain ZEO server (no zeoraid; shared: the server's
+blob-dir is the client's, as in ZEO's tests): the control run (all pass
 there).
 
 A test still running after --test-timeout (60 s) gets its zeoraids
@@ -43,8 +70,9 @@ PermissionError opening a 0444 file for writing, which CAP_DAC_OVERRIDE
 ignores), so the script re-executes itself under `setpriv` without
 CAP_DAC_OVERRIDE; where that is impossible, the test is skipped.
 
-Usage: blob_conformance.py zodb|zeo|all [--deadline S] [--test-timeout S]
-                           [-k PATTERN]... [--direct] [--keep] [--list]
+Usage: blob_conformance.py zodb|zeo|zodb-shared|zeo-shared|shared|all
+           [--deadline S] [--test-timeout S] [-k PATTERN]... [--direct]
+           [--keep] [--list]
 
 The last line on success: `blobconf scenario NAME: ok (...)`; otherwise
 each failure is printed with its zeoraid logs' tails, then
@@ -56,6 +84,7 @@ import doctest
 import faulthandler
 import fnmatch
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -127,17 +156,16 @@ SPOOL_PREFIX = 'zeoraid-blob-'
 # Tests of the suites run here that cannot pass through zeoraid, or that
 # test nothing of zeoraid's, with the reason (matched on the test id's end).
 EXCLUDED = {
-    # storage_reusable_suite(test_packing=True)
-    'blob_packing_txt': 'fails against plain ZEO too (looks up server-side '
-                        'blob paths through the client fshelper)',
+    # storage_reusable_suite(test_packing=True), in both modes
+    'blob_packing_txt': 'fails against plain ZEO too: streamed, it looks up '
+                        'server-side blob paths through the client '
+                        'fshelper; shared, it packs to times of the test '
+                        'process\'s clock, which the suite\'s layer fakes, '
+                        'while the server stamps tids by its own, so the '
+                        'packs remove other revisions than it expects',
     # storage_reusable_suite(test_blob_storage_recovery=True)
     'RecoveryBlobStorage': 'needs IBlobStorageRestoreable, which no '
                            'ClientStorage provides (asserts it)',
-    'BlobWritableCacheTests': 'shared_blob_dir=True: zeoraid shares no blob '
-                              'directory with clients (refused by design, '
-                              'docs/blobs.md)',
-    'ClientStorageSharedBlobs': 'shared_blob_dir=True: refused by zeoraid '
-                                'by design (docs/blobs.md)',
     'proper_handling_of_blob_conflicts': 'testZEO2 drives an in-process '
                                          'StorageServer: ZEO internals',
 }
@@ -177,19 +205,26 @@ def storage_conf(path, blob_dir, extra=''):
 class Rig:
     """2 ZEO servers with blob dirs and a zeoraid mirroring to them."""
 
-    def __init__(self, label, extrafsoptions=''):
+    def __init__(self, label, extrafsoptions='', shared_blob_dir=None):
         Current.counter += 1
         self.dir = os.path.join(Current.test_dir,
                                 f'rig{Current.counter}-{label}')
         os.makedirs(self.dir)
         self.backends = []
         self.raid = None
+        # The directory shared with shared_blob_dir=True clients: zeoraid's
+        # [server] blob_dir (--direct: the server's own blob-dir, as ZEO's
+        # create_storage_shared does).
+        self.shared_blob_dir = (shared_blob_dir
+                                and os.path.abspath(shared_blob_dir))
         names = ['a'] if Options.direct else ['a', 'b']
         encodings = {'a': 'pickle', 'b': 'msgpack'}
         for name in names:
             directory = os.path.join(self.dir, name)
             path = os.path.join(directory, 'Data.fs')
             blob_dir = os.path.join(directory, 'blobs')
+            if Options.direct and self.shared_blob_dir:
+                blob_dir = self.shared_blob_dir
             backend = zt.Backend(
                 encoding=encodings[name], storage='1', directory=directory,
                 path=path, keep=True,
@@ -199,6 +234,8 @@ class Rig:
             self.backends.append(backend)
         self.stopped = False
         self.checked = False
+        # What snapshot_shared_blob_dir() found (or why it could not).
+        self.shared_snapshot = None
         Current.rigs.append(self)
         try:
             for backend in self.backends:
@@ -206,11 +243,17 @@ class Rig:
             if Options.direct:
                 self.address = self.backends[0].address
             else:
+                extra = []
+                if self.shared_blob_dir:
+                    extra.append(
+                        f'blob_dir = {json.dumps(self.shared_blob_dir)}')
                 self.raid = zt.Zeoraid(
                     [(b.name, b, '1') for b in self.backends], storage='1',
-                    encoding='msgpack',
+                    encoding='msgpack', extra_server=extra,
                     workdir=os.path.join(self.dir, 'zeoraid'))
                 self.address = self.raid.start()
+                if self.shared_blob_dir:
+                    check_blob_dir_ready(self.shared_blob_dir)
         except BaseException:
             self.shutdown()
             raise
@@ -228,8 +271,32 @@ class Rig:
         try:
             if self.raid is not None:
                 self.raid.stop()
+                self.snapshot_shared_blob_dir()
         finally:
             zt.stop_backends(self.backends)
+
+    def snapshot_shared_blob_dir(self):
+        """Reads zeoraid's shared blob dir once zeoraid has stopped, for
+        check(): the dir is the client's, inside the test's directory,
+        which the test's tearDown removes before check() runs."""
+        root = self.shared_blob_dir
+        if not root:
+            return
+        if not os.path.isdir(root):
+            self.shared_snapshot = f'zeoraid\'s blob_dir {root} is gone'
+            return
+        try:
+            tmp = os.path.join(root, 'tmp')
+            self.shared_snapshot = SharedDirSnapshot(
+                has_tmp=os.path.isdir(tmp),
+                spools=sorted(f for f in (os.listdir(tmp)
+                                          if os.path.isdir(tmp) else [])
+                              if f.startswith(SPOOL_PREFIX)),
+                blobs=blob_files(root),
+                others=sorted(other_files(root)))
+        except Exception:
+            self.shared_snapshot = (f'reading zeoraid\'s blob_dir {root}: '
+                                    + traceback.format_exc())
 
     def check(self):
         """The after-test checks (module docstring); returns a short
@@ -259,9 +326,67 @@ class Rig:
             diff = describe_blob_difference(ref, other, 'a', backend.name)
             if diff:
                 problems.append('blob directories differ: ' + diff)
+        shared = None
+        if self.shared_blob_dir:
+            shared = len(ref)
+            problems += self.check_shared_blob_dir(ref)
         if problems:
             raise AssertionError(f'rig {self.dir}:\n' + '\n'.join(problems))
-        return comparison.transactions, comparison.records, len(ref)
+        return comparison.transactions, comparison.records, len(ref), shared
+
+    def check_shared_blob_dir(self, backend_files):
+        """zeoraid's shared blob dir must hold exactly the backends'
+        committed blob files (`backend_files`, backend a's), nothing else
+        but tmp/ and .layout, and no spool file of zeoraid's in tmp/.
+        Returns the problems found."""
+        root = self.shared_blob_dir
+        snapshot = self.shared_snapshot
+        if snapshot is None:
+            return [f'zeoraid\'s blob_dir {root} was not read: the test\'s '
+                    f'directory went before the rig was stopped']
+        if isinstance(snapshot, str):
+            return [snapshot]
+        problems = []
+        tmp = os.path.join(root, 'tmp')
+        if snapshot.spools:
+            problems.append(f'blob spool files left in {tmp}: '
+                            f'{snapshot.spools}')
+        if not snapshot.has_tmp:
+            problems.append(f'zeoraid\'s blob_dir {root} has no tmp/')
+        front = snapshot.blobs
+        others = snapshot.others
+        if others:
+            problems.append(f'files other than committed blobs in zeoraid\'s '
+                            f'blob_dir {root} (tmp/ and .layout aside): '
+                            f'{others[:10]}')
+        only_backends = sorted(set(backend_files) - set(front))
+        only_front = sorted(set(front) - set(backend_files))
+        changed = sorted(p for p in set(front) & set(backend_files)
+                         if front[p] != backend_files[p])
+        if not (only_backends or only_front or changed):
+            return problems
+        records = FileStorageRecords(self.backends[0].path)
+        packed = os.path.exists(self.backends[0].path + '.old')
+        lines = []
+        for path in only_backends:
+            lines.append(f'  missing in zeoraid\'s blob_dir: {path} '
+                         f'({records.describe(path)})')
+        for path in only_front:
+            lines.append(f'  only in zeoraid\'s blob_dir: {path} '
+                         f'({records.describe(path)})')
+        for path in changed:
+            lines.append(f'  different SHA-256 in zeoraid\'s blob_dir: '
+                         f'{path} ({records.describe(path)})')
+        note = ''
+        if only_front and packed:
+            note = (' (the backends were packed, Data.fs.old exists: a '
+                    'blob_dir file of a packed-away revision is one zeoraid '
+                    'did not prune)')
+        problems.append(
+            f'zeoraid\'s blob_dir {root} does not hold exactly the backends\' '
+            f'{len(backend_files)} committed blob files{note}:\n'
+            + '\n'.join(lines))
+        return problems
 
     def log_tail(self, lines=40):
         if self.raid is None:
@@ -288,6 +413,89 @@ def blob_files(root):
     return found
 
 
+def check_blob_dir_ready(root):
+    """Fails unless zeoraid's shared blob dir is ready (tmp/, and a
+    `.layout` saying bushy) now that its port accepts connections: a
+    shared client (constructed next) picks the directory's layout once,
+    before it connects (ZODB.blob.auto_layout_select: a non-empty
+    directory without the marker is lawn, an empty marker a KeyError ''),
+    as ZEO's runzeo has its storages' blob dirs ready before it listens."""
+    marker = os.path.join(root, '.layout')
+    try:
+        with open(marker) as f:
+            layout = repr(f.read())
+    except OSError as e:
+        layout = f'unreadable ({e})'
+    tmp = os.path.isdir(os.path.join(root, 'tmp'))
+    if layout != repr('bushy') or not tmp:
+        raise AssertionError(
+            f'zeoraid accepted connections before its blob_dir {root} was '
+            f'ready: .layout {layout}, tmp/ '
+            f'{"present" if tmp else "missing"} (a shared client '
+            f'constructed now would get the wrong layout)')
+
+
+class SharedDirSnapshot:
+
+    def __init__(self, has_tmp, spools, blobs, others):
+        self.has_tmp = has_tmp
+        self.spools = spools
+        self.blobs = blobs
+        self.others = others
+
+
+def other_files(root):
+    """Paths (relative to `root`) of the files in a blob dir that are not
+    committed blob files, tmp/ and .layout left out: e.g. a shared
+    client's `.tmp-` upload nobody removed."""
+    for directory, dirs, names in os.walk(root):
+        if directory == root:
+            if 'tmp' in dirs:
+                dirs.remove('tmp')
+            names = [n for n in names if n != '.layout']
+        for name in names:
+            if not name.endswith('.blob'):
+                yield os.path.relpath(os.path.join(directory, name), root)
+
+
+def blob_path_ids(path):
+    """(oid, tid) as 8-byte strings of a bushy `<oid path>/<tid>.blob`
+    relative path, or None."""
+    parts = path.split(os.sep)
+    try:
+        oid = bytes(int(p, 16) for p in parts[:-1])
+        tid = int(parts[-1][:-len('.blob')], 16).to_bytes(8, 'big')
+    except ValueError:
+        return None
+    return (oid, tid) if len(oid) == 8 else None
+
+
+class FileStorageRecords:
+    """The (oid, tid) records of a FileStorage, read from the file, to say
+    what a blob file's revision is in the backends' history."""
+
+    def __init__(self, path):
+        from ZODB.FileStorage import FileIterator
+        self.records = {}
+        iterator = FileIterator(path)
+        try:
+            for txn in iterator:
+                for record in txn:
+                    self.records[(record.oid, txn.tid)] = record.data
+        finally:
+            iterator.close()
+
+    def describe(self, path):
+        ids = blob_path_ids(path)
+        if ids is None:
+            return 'not a bushy blob path'
+        if ids not in self.records:
+            return 'no such record in the backends\' Data.fs'
+        if self.records[ids] is None:
+            return 'its record in the backends\' Data.fs is a deletion'
+        return 'its record is in the backends\' Data.fs'
+
+
 def describe_blob_difference(a, b, name_a, name_b):
     only_a = sorted(set(a) - set(b))
     only_b = sorted(set(b) - set(a))
@@ -303,13 +511,16 @@ def describe_blob_difference(a, b, name_a, name_b):
 
 
 class ZeoraidManagingClientStorage(ClientStorage):
-    """As testZEO.ServerManagingClientStorage (streamed mode), with a rig
-    instead of one ZEO server."""
+    """As testZEO.ServerManagingClientStorage, with a rig instead of one ZEO
+    server. shared: the client's blob_dir is zeoraid's [server] blob_dir
+    (ZEO's: the server's blob-dir) and the client uses it shared
+    (`shared_blob_dir=True`), as testZEO.create_storage_shared."""
 
-    def __init__(self, name, blob_dir, extrafsoptions=''):
-        self._rig = Rig(os.path.basename(name), extrafsoptions)
+    def __init__(self, name, blob_dir, shared=False, extrafsoptions=''):
+        self._rig = Rig(os.path.basename(name), extrafsoptions,
+                        shared_blob_dir=blob_dir if shared else None)
         ClientStorage.__init__(self, self._rig.address, blob_dir=blob_dir,
-                               wait_timeout=30)
+                               shared_blob_dir=shared, wait_timeout=30)
 
     def close(self):
         try:
@@ -326,6 +537,27 @@ class ZeoraidManagingClientStorageForIExternalGCTest(
         ZeoraidManagingClientStorage.pack(self, t, referencesf, wait=True)
         self._cache.clear()
         ZEO.ClientStorage._check_blob_cache_size(self.blob_dir, 0)
+
+
+def create_storage_shared(name, blob_dir):
+    """As testZEO.create_storage_shared."""
+    return ZeoraidManagingClientStorage(name, blob_dir, shared=True)
+
+
+class ZeoraidManagingSharedClientStorageForIExternalGCTest(
+        ZeoraidManagingClientStorage):
+    """ZeoraidManagingClientStorageForIExternalGCTest in shared mode: the
+    pack waits and the client's object cache is cleared, but the blob
+    directory is the shared one, not a cache, so it is not emptied (the
+    pack must remove the packed-away blob from it)."""
+
+    def __init__(self, name, blob_dir, extrafsoptions=''):
+        ZeoraidManagingClientStorage.__init__(
+            self, name, blob_dir, shared=True, extrafsoptions=extrafsoptions)
+
+    def pack(self, t=None, referencesf=None):
+        ZeoraidManagingClientStorage.pack(self, t, referencesf, wait=True)
+        self._cache.clear()
 
 
 def rig_setUp(test):
@@ -373,6 +605,44 @@ class ZeoraidBlobAdaptedFileStorageTests(testZEO.BlobAdaptedFileStorageTests):
             finally:
                 StorageTestBase.StorageTestBase.tearDown(self)
 
+
+class ZeoraidBlobWritableCacheTests(testZEO.BlobWritableCacheTests):
+    """testZEO's shared-mode blob test class (the client's blob dir,
+    `blobs`, is the server's), its server replaced by a rig whose zeoraid
+    has `[server] blob_dir = <abs path of blobs>`."""
+
+    def setUp(self):
+        StorageTestBase.StorageTestBase.setUp(self)
+        try:
+            self._rig = Rig(self._testMethodName,
+                            shared_blob_dir=self.blob_cache_dir)
+        except BaseException:
+            # No tearDown after a failed setUp: leave the test's directory
+            # (setUp went into it) and remove it here.
+            StorageTestBase.StorageTestBase.tearDown(self)
+            raise
+        self._storage = self._wrap_client(ClientStorage(
+            self._rig.address, '1', cache_size=20000000,
+            min_disconnect_poll=0.5, wait=1, wait_timeout=30,
+            blob_dir=self.blob_cache_dir,
+            shared_blob_dir=self.shared_blob_dir,
+            **self._client_options()))
+        self._storage.registerDB(testZEO.DummyDB())
+
+    def tearDown(self):
+        try:
+            self._storage.close()
+        finally:
+            try:
+                self._rig.shutdown()
+            finally:
+                StorageTestBase.StorageTestBase.tearDown(self)
+
+
+# The CommonBlobTests methods (BlobWritableCacheTests adds none).
+ZEO_SHARED_BLOB_METHODS = ('checkStoreBlob', 'checkStoreBlob_wrong_partition',
+                           'checkLoadBlob', 'checkTemporaryDirectory',
+                           'checkTransactionBufferCleanup')
 
 ZEO_BLOB_METHODS = ('checkStoreBlob', 'checkStoreBlob_wrong_partition',
                     'checkLoadBlob', 'checkTemporaryDirectory',
@@ -424,6 +694,31 @@ def zeo_groups():
              tests)]
 
 
+def zodb_shared_groups():
+    suite = testblob.storage_reusable_suite(
+        'ClientStorageSharedBlobs', create_storage_shared)
+    return [('zodb-shared', suite.layer, list(flatten(suite)))]
+
+
+def zeo_shared_groups():
+    tests = [ZeoraidBlobWritableCacheTests(m)
+             for m in ZEO_SHARED_BLOB_METHODS]
+    tests += list(flatten(PackableStorage.IExternalGC_suite(
+        lambda: ZeoraidManagingSharedClientStorageForIExternalGCTest(
+            'data.fs', 'blobs', extrafsoptions='pack-gc false'))))
+    return [('zeo-shared',
+             ZODB.tests.util.MininalTestLayer('zeoraid-blobconf-zeo-shared'),
+             tests)]
+
+
+GROUPS = {
+    'zodb': zodb_groups,
+    'zeo': zeo_groups,
+    'zodb-shared': zodb_shared_groups,
+    'zeo-shared': zeo_shared_groups,
+}
+
+
 def short_id(test):
     return test.id().rsplit('.', 1)[-1] if '.' in test.id() else test.id()
 
@@ -459,6 +754,9 @@ class Result(unittest.TestResult):
         self.passed = []
         self.rig_summaries = []
         self.logs = {}
+        # id(test): its group's name (the suites' test ids repeat across
+        # groups)
+        self.groups = {}
 
     def problems(self):
         return ([('FAIL', t, tb) for t, tb in self.failures]
@@ -483,7 +781,7 @@ def check_rigs(test, result, outcome):
         except Exception:
             problems.append('checking a rig: ' + traceback.format_exc())
     logs = '\n'.join(r.log_tail() for r in Current.rigs if r.raid)
-    result.logs[test.id()] = logs
+    result.logs[id(test)] = logs
     if problems:
         message = 'after the test:\n' + '\n'.join(problems)
         result.failures.append((test, message))
@@ -493,10 +791,35 @@ def check_rigs(test, result, outcome):
     return outcome
 
 
-def run_group(layer, tests, result, test_timeout):
+def stop_shared_rigs_before_teardown(test):
+    """A doctest's tearDown removes its directory, and with it the shared
+    blob dirs of the storages it left open: stop those rigs (which reads
+    their shared dir for check()) first. (The TestCases here close their
+    storages, which stops the rigs, before removing their directory.)"""
+    if not isinstance(test, doctest.DocTestCase) or getattr(
+            test, '_zeoraid_wrapped', False):
+        return
+    original = test._dt_tearDown
+
+    def tearDown(doctest_test):
+        try:
+            for rig in list(Current.rigs):
+                if rig.shared_blob_dir:
+                    rig.shutdown()
+        finally:
+            if original is not None:
+                original(doctest_test)
+
+    test._dt_tearDown = tearDown
+    test._zeoraid_wrapped = True
+
+
+def run_group(group, layer, tests, result, test_timeout):
+    print(f'--- {group} ({len(tests)} tests)', flush=True)
     layer.setUp()
     try:
         for test in tests:
+            result.groups[id(test)] = group
             run_one(layer, test, result, test_timeout)
     finally:
         layer.tearDown()
@@ -512,6 +835,7 @@ def run_one(layer, test, result, test_timeout):
         print(f'{short_id(test)}: excluded ({reason})', flush=True)
         return
     os.makedirs(Current.test_dir, exist_ok=True)
+    stop_shared_rigs_before_teardown(test)
     before = (len(result.failures), len(result.errors))
     start = time.monotonic()
     watchdog = threading.Timer(test_timeout, kill_current_rigs, (test,))
@@ -571,7 +895,7 @@ def start_deadline(seconds, name):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('suite', choices=('zodb', 'zeo', 'all'))
+    parser.add_argument('suite', choices=tuple(GROUPS) + ('shared', 'all'))
     parser.add_argument('--deadline', type=float, default=300)
     parser.add_argument('--test-timeout', type=float, default=60)
     parser.add_argument('-k', dest='patterns', action='append', default=[])
@@ -584,10 +908,10 @@ def main(argv=None):
     Options.keep = args.keep
 
     groups = []
-    if args.suite in ('zodb', 'all'):
-        groups += zodb_groups()
-    if args.suite in ('zeo', 'all'):
-        groups += zeo_groups()
+    for name, make in GROUPS.items():
+        if (args.suite in (name, 'all')
+                or (args.suite == 'shared' and name.endswith('-shared'))):
+            groups += make()
     groups = [(g, layer, [t for t in tests if matches(t, args.patterns)])
               for g, layer, tests in groups]
     if args.list:
@@ -608,17 +932,17 @@ def main(argv=None):
                                   else 'not held'), flush=True)
     started = time.monotonic()
     result = Result()
-    for _, layer, tests in groups:
-        run_group(layer, tests, result, args.test_timeout)
+    for group, layer, tests in groups:
+        run_group(group, layer, tests, result, args.test_timeout)
     elapsed = time.monotonic() - started
 
     problems = result.problems()
     for kind, test, tb in problems:
         print('=' * 70)
-        print(f'{kind}: {test.id()}')
+        print(f'{kind}: {result.groups.get(id(test))}: {test.id()}')
         print('-' * 70)
         print(tb.rstrip())
-        print(result.logs.get(test.id(), ''))
+        print(result.logs.get(id(test), ''))
     if problems:
         print('=' * 70)
     for key, reason in EXCLUDED.items():
@@ -626,7 +950,8 @@ def main(argv=None):
     mode = ('direct (plain ZEO)' if args.direct
             else 'zeoraid (front msgpack) + backends a=pickle b=msgpack')
     summary = (f'{len(result.passed)} passed, '
-               f'{len(problems)} failed, {len(result.skipped)} skipped; '
+               f'{len({id(t) for _, t, _ in problems})} failed, '
+               f'{len(result.skipped)} skipped; '
                f'{mode}; '
                f'{elapsed:.1f}s')
     ok = not problems and result.passed
@@ -635,10 +960,15 @@ def main(argv=None):
     else:
         summary += f'; run dir {Options.run_dir}'
     if result.rig_summaries:
-        txns, records, blobs = (sum(c) for c in zip(*result.rig_summaries))
+        txns, records, blobs = (
+            sum(c) for c in zip(*(s[:3] for s in result.rig_summaries)))
         print(f'{len(result.rig_summaries)} rigs whose backends held the '
               f'identical history and blob files: {txns} transactions, '
               f'{records} records, {blobs} blob files in all')
+        shared = [s[3] for s in result.rig_summaries if s[3] is not None]
+        if shared:
+            print(f'{len(shared)} of them with a shared blob_dir holding '
+                  f'exactly the backends\' blob files: {sum(shared)} in all')
     if ok:
         print(f'{LABEL} scenario {args.suite}: ok ({summary})', flush=True)
         return 0
