@@ -45,3 +45,57 @@ fn recovery_onto_an_empty_backend_copies_every_blob_file() {
 fn a_1_gib_blob_goes_through_in_bounded_memory() {
     SCRIPT.run(&["large"], 240);
 }
+
+/// kill -9 of a backend while zeoraid replays a 300 MB blob to it at vote:
+/// the commit succeeds on the other, which then serves the blob; the
+/// killed one is degraded and no spool file is left.
+#[test]
+fn a_backend_killed_mid_upload_is_degraded_and_the_commit_goes_through() {
+    SCRIPT.run(&["kill_mid_upload"], SCRIPT_DEADLINE);
+}
+
+/// kill -9 of the backend zeoraid is fetching a 300 MB blob from into its
+/// blob cache: the load completes from the other with the right bytes; the
+/// killed one is degraded and no part file is left.
+#[test]
+fn a_backend_killed_mid_download_is_degraded_and_the_load_completes() {
+    SCRIPT.run(&["kill_mid_download"], SCRIPT_DEADLINE);
+}
+
+/// 150 blob transactions (committed, aborted at every stage, conflicting)
+/// and their loads leave no temporary file in zeoraid; kill -9 of zeoraid
+/// mid-upload and mid-download leaves none after a restart, with both
+/// backends optimal and identical.
+#[test]
+fn blob_traffic_and_crashes_leave_no_temporary_files() {
+    SCRIPT.run(&["temp_files"], 120);
+}
+
+/// Eight clients loading one blob at the same moment fetch it from a
+/// backend once; a pack empties zeoraid's blob cache.
+#[test]
+fn concurrent_loads_of_a_blob_fetch_it_once() {
+    SCRIPT.run(&["cache"], SCRIPT_DEADLINE);
+}
+
+/// A backend whose storage keeps no blobs beside one that does is
+/// degraded at start-up with that reason, and cannot be recovered so.
+#[test]
+fn a_backend_without_blob_support_is_degraded_at_start_up() {
+    SCRIPT.run(&["mixed_support"], SCRIPT_DEADLINE);
+}
+
+/// The directory shared with shared-blob-dir clients is filled at
+/// start-up, kept complete by commits (and after a crash), and pruned by
+/// a pack; it always equals a backend's blob directory.
+#[test]
+fn shared_blob_directory_is_filled_kept_and_pruned() {
+    SCRIPT.run(&["shared_dir"], SCRIPT_DEADLINE);
+}
+
+/// Blobs copied into a backend's own blob directory land exactly as
+/// streamed ones do on the other; no copy is left behind, even by a crash.
+#[test]
+fn backend_blob_directories() {
+    SCRIPT.run(&["backend_dirs"], SCRIPT_DEADLINE);
+}

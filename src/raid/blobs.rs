@@ -197,7 +197,12 @@ impl Raid {
             let Some((index, _)) = self.read_member() else {
                 break;
             };
-            let backend = &self.download_links[index];
+            // Until the download connection is up (after the backend came
+            // back, say), the main one carries the download.
+            let backend = match &self.download_links[index] {
+                link if link.is_connected() => link,
+                _ => &self.backends[index],
+            };
             let slot = &self.shared.blobs.per_backend[index];
             let _turn = slot.turn.lock().await;
             debug!(

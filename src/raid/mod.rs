@@ -958,6 +958,10 @@ impl BackendObserver for Observer {
                     fan_out(&inner, &message, None);
                 }
             }
+            // A download while the download connection is down.
+            "receiveBlobStart" | "receiveBlobChunk" | "receiveBlobStop" => {
+                shared.blobs.message(self.index, &message)
+            }
             other => warn!(
                 backend,
                 message = other,

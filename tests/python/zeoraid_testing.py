@@ -4,6 +4,7 @@
   ZEO's own test forker (`ZEO._forker.start_zeo_server`, which runs
   `ZEO.runzeo` in a `multiprocessing` child: no interpreter start-up, so it
   is up in a few milliseconds). Pickle ("Z5") or msgpack ("M5") mode.
+  `kill()` SIGKILLs it (a crash).
 * `Zeoraid`: writes a zeoraid TOML config into a work directory and runs the
   zeoraid binary (path from env ZEORAID_BIN, or the `binary` argument) as a
   subprocess on a free port; waits for the port; stops it (SIGTERM, then
@@ -176,6 +177,8 @@ class Backend:
         self.zeo_options = dict(zeo_options or {})
         self._storage_conf = storage_conf
         self._stop = None
+        # The server's multiprocessing.Process, for kill().
+        self.process = None
 
     @property
     def address(self):
@@ -199,9 +202,11 @@ class Backend:
 
     def start(self, timeout=33):
         """Starts the server; returns its (host, port)."""
+        import multiprocessing
         from ZEO import _forker
         if self._stop is not None:
             raise RuntimeError('backend already running')
+        before = {p.pid for p in multiprocessing.active_children()}
         options = dict(self.zeo_options)
         if self.encoding == 'msgpack':
             options['msgpack'] = 'true'
@@ -218,13 +223,27 @@ class Backend:
             os.chdir(cwd)
         self.port = addr[1]
         self._stop = stop
+        self.process = next((p for p in multiprocessing.active_children()
+                             if p.pid not in before), None)
         return self.address
 
     def stop(self, timeout=30):
         """Stops the server (closing its storage cleanly). Idempotent."""
         stop, self._stop = self._stop, None
+        self.process = None
         if stop is not None:
             stop(timeout)
+
+    def kill(self, timeout=10):
+        """SIGKILL, as a crash: nothing is closed or cleaned up (the
+        storage files, the blob dir's tmp files stay). `start()` serves them
+        again on the same port."""
+        process, self.process = self.process, None
+        if process is None:
+            raise RuntimeError('no server process to kill')
+        self._stop = None
+        os.kill(process.pid, signal.SIGKILL)
+        process.join(timeout)
 
     def restart(self, timeout=33):
         """Stops and starts the server again on the same port and Data.fs."""
@@ -364,12 +383,14 @@ class Zeoraid:
     tables: more TOML tables, {table: {key: value}}, written after
       [timeouts], e.g. {'recovery': {'transactions_per_second': 100}}
       (ints stay ints, floats floats, bools booleans, the rest strings).
+    backend_options: more keys per backend, {name: {key: value}}, e.g.
+      {'a': {'blob_dir': '/srv/a/blobs'}}.
     env: extra environment; RUST_LOG defaults to "info" unless set.
     """
 
     def __init__(self, backends, storage='1', encoding='msgpack', workdir=None,
                  port=None, timeouts=None, extra_server=(), binary=None,
-                 env=None, tables=None):
+                 env=None, tables=None, backend_options=None):
         _check_encoding(encoding)
         self.binary = binary or zeoraid_binary()
         self.backends = [self._backend_entry(b) for b in backends]
@@ -389,6 +410,8 @@ class Zeoraid:
         self.tables = {name: dict(values)
                        for name, values in (tables or {}).items()}
         self.env = dict(env or {})
+        self.backend_options = {name: dict(values) for name, values
+                                in (backend_options or {}).items()}
         self.process = None
 
     @staticmethod
@@ -437,6 +460,8 @@ class Zeoraid:
                 f'address = {_toml_string(address)}',
                 f'storage = {_toml_string(storage)}',
             ])
+            for key, value in self.backend_options.get(name, {}).items():
+                lines.append(f'{key} = {_toml_value(value)}')
         return '\n'.join(lines) + '\n'
 
     def start(self, timeout=20.0):
