@@ -574,20 +574,11 @@ def rig_setUp(test):
     test.globs['start_server'] = start_server
 
 
-class ZeoraidBlobAdaptedFileStorageTests(testZEO.BlobAdaptedFileStorageTests):
-    """testZEO's blob test class, its server replaced by a rig (`blobdir`,
-    where checkStoreAndLoadBlob looks for the file on the server, is
-    backend a's blob dir)."""
+class RigClient:
+    """The client and tearDown of testZEO's blob test classes, with their
+    server replaced by the rig `self._rig` (mixed in first)."""
 
-    def setUp(self):
-        StorageTestBase.StorageTestBase.setUp(self)
-        self._rig = Rig(self._testMethodName)
-        self.blobdir = self._rig.blob_dir
-        if not self.blob_cache_dir:
-            # As GenericTestBase.setUp (whose None wins over
-            # CommonBlobTests' 'blob_cache' in the MRO).
-            self.blob_cache_dir = tempfile.mkdtemp(
-                'blob_cache', dir=os.path.abspath(os.getcwd()))
+    def _connect(self):
         self._storage = self._wrap_client(ClientStorage(
             self._rig.address, '1', cache_size=20000000,
             min_disconnect_poll=0.5, wait=1, wait_timeout=30,
@@ -606,7 +597,26 @@ class ZeoraidBlobAdaptedFileStorageTests(testZEO.BlobAdaptedFileStorageTests):
                 StorageTestBase.StorageTestBase.tearDown(self)
 
 
-class ZeoraidBlobWritableCacheTests(testZEO.BlobWritableCacheTests):
+class ZeoraidBlobAdaptedFileStorageTests(
+        RigClient, testZEO.BlobAdaptedFileStorageTests):
+    """testZEO's blob test class, its server replaced by a rig (`blobdir`,
+    where checkStoreAndLoadBlob looks for the file on the server, is
+    backend a's blob dir)."""
+
+    def setUp(self):
+        StorageTestBase.StorageTestBase.setUp(self)
+        self._rig = Rig(self._testMethodName)
+        self.blobdir = self._rig.blob_dir
+        if not self.blob_cache_dir:
+            # As GenericTestBase.setUp (whose None wins over
+            # CommonBlobTests' 'blob_cache' in the MRO).
+            self.blob_cache_dir = tempfile.mkdtemp(
+                'blob_cache', dir=os.path.abspath(os.getcwd()))
+        self._connect()
+
+
+class ZeoraidBlobWritableCacheTests(
+        RigClient, testZEO.BlobWritableCacheTests):
     """testZEO's shared-mode blob test class (the client's blob dir,
     `blobs`, is the server's), its server replaced by a rig whose zeoraid
     has `[server] blob_dir = <abs path of blobs>`."""
@@ -621,22 +631,7 @@ class ZeoraidBlobWritableCacheTests(testZEO.BlobWritableCacheTests):
             # (setUp went into it) and remove it here.
             StorageTestBase.StorageTestBase.tearDown(self)
             raise
-        self._storage = self._wrap_client(ClientStorage(
-            self._rig.address, '1', cache_size=20000000,
-            min_disconnect_poll=0.5, wait=1, wait_timeout=30,
-            blob_dir=self.blob_cache_dir,
-            shared_blob_dir=self.shared_blob_dir,
-            **self._client_options()))
-        self._storage.registerDB(testZEO.DummyDB())
-
-    def tearDown(self):
-        try:
-            self._storage.close()
-        finally:
-            try:
-                self._rig.shutdown()
-            finally:
-                StorageTestBase.StorageTestBase.tearDown(self)
+        self._connect()
 
 
 # The CommonBlobTests methods (BlobWritableCacheTests adds none).

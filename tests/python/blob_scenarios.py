@@ -773,6 +773,41 @@ def provoke_conflicts(db1, db2, rounds, expected):
     return conflicts
 
 
+def crash_zeoraid_during(rig, background, size, what, monitor,
+                         after_crash=lambda: None):
+    """Starts `background` (an upload or a download of `size` bytes through
+    zeoraid), kills zeoraid (-9) once its temporary file for it holds
+    10 MB but not all, checks the call fails, runs `after_crash`, restarts
+    zeoraid: no temporary file left, both backends optimal (asked through
+    `monitor`). Returns the temporary files' sizes when killed, their
+    names, and the error the client got."""
+    background.start()
+
+    def spooling():
+        """The sizes of zeoraid's temp files, once one holds 10 MB (it
+        has grown) but not all of the blob."""
+        sizes = rig.temp_files().values()
+        return any(MID <= n < size for n in sizes) and list(sizes)
+    sizes = wait_while_running(background, spooling, 60,
+                               f'zeoraid\'s {what} part-written')
+    rig.raid.kill()
+    left = rig.temp_files()
+    check(left, f'no {what} file left by the crash to clean up')
+    try:
+        background.result(30)
+    except Exception as error:
+        error_name = type(error).__name__
+    else:
+        raise zt.ScenarioFailure(f'the {what} cut by the crash succeeded')
+    after_crash()
+    rig.restart_raid()
+    check(not rig.temp_files(), f'temporary files after the restart: '
+                                f'{rig.temp_files()}')
+    rs.check_details(rs.raid_details(monitor), [], 'ab',
+                     f'after the restart from the crash mid-{what}')
+    return sizes, left, error_name
+
+
 def scenario_temp_files(rig, per_writer=70, conflict_rounds=5):
     """Many blob transactions (committed, aborted at each stage,
     conflicting) and loads leave no temporary file in zeoraid; nor do
@@ -832,30 +867,8 @@ def scenario_temp_files(rig, per_writer=70, conflict_rounds=5):
     tm.begin()
     root['client-1-0'].consumeFile(source)
     committing = Background('the upload cut by the crash', tm.commit)
-    committing.start()
-
-    def spooling():
-        """The sizes of zeoraid's temp files, once one holds 10 MB (it
-        has grown) but not all of the blob."""
-        sizes = rig.temp_files().values()
-        return any(MID <= n < size for n in sizes) and list(sizes)
-    spooled = wait_while_running(committing, spooling, 60,
-                                 'zeoraid\'s spool file part-written')
-    rig.raid.kill()
-    left = rig.temp_files()
-    check(left, 'no spool file left by the crash to clean up')
-    try:
-        committing.result(30)
-    except Exception as error:
-        upload_error = type(error).__name__
-    else:
-        raise zt.ScenarioFailure('the commit cut by the crash succeeded')
-    tm.abort()
-    rig.restart_raid()
-    check(not rig.temp_files(), f'temporary files after the restart: '
-                                f'{rig.temp_files()}')
-    rs.check_details(rs.raid_details(writers[1]), [], 'ab',
-                     'after the restart from the crash mid-upload')
+    spooled, left, upload_error = crash_zeoraid_during(
+        rig, committing, size, 'upload', writers[1], after_crash=tm.abort)
     after_upload = (f'zeoraid killed with {max(spooled) // MB} MB of a '
                     f'{size // MB} MB upload spooled (left '
                     f'{names(left)}; the client got {upload_error})')
@@ -864,23 +877,8 @@ def scenario_temp_files(rig, per_writer=70, conflict_rounds=5):
     fetcher = rig.db('client-4')
     loading = Background('the load cut by the crash',
                          lambda: loaded_digest(fetcher, *download[:2]))
-    loading.start()
-    fetched = wait_while_running(loading, spooling, 60,
-                                 'zeoraid\'s download part-written')
-    rig.raid.kill()
-    left = rig.temp_files()
-    check(left, 'no download file left by the crash to clean up')
-    try:
-        loading.result(30)
-    except Exception as error:
-        download_error = type(error).__name__
-    else:
-        raise zt.ScenarioFailure('the load cut by the crash succeeded')
-    rig.restart_raid()
-    check(not rig.temp_files(), f'temporary files after the restart: '
-                                f'{rig.temp_files()}')
-    rs.check_details(rs.raid_details(writers[1]), [], 'ab',
-                     'after the restart from the crash mid-download')
+    fetched, left, download_error = crash_zeoraid_during(
+        rig, loading, size, 'download', writers[1])
     after_download = (f'killed with {max(fetched) // MB} MB of a download '
                       f'fetched (left {names(left)}; the client got '
                       f'{download_error})')
