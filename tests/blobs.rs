@@ -99,3 +99,10 @@ fn shared_blob_directory_is_filled_kept_and_pruned() {
 fn backend_blob_directories() {
     SCRIPT.run(&["backend_dirs"], SCRIPT_DEADLINE);
 }
+
+/// A client reading a large blob slowly while others commit keeps its
+/// connection: the stream leaves room in its queue for invalidations.
+#[test]
+fn a_slow_blob_reader_is_not_disconnected() {
+    SCRIPT.run(&["slow_reader"], SCRIPT_DEADLINE);
+}

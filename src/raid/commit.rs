@@ -17,7 +17,7 @@ use super::backend_blob_dirs::BackendBlobCopies;
 use super::blob_dir::SharedBlobDir;
 use super::txnlog::TxnLog;
 use super::Raid;
-use crate::backend::{Backend, CallError};
+use crate::backend::{Backend, CallError, PendingReply};
 use crate::protocol::{Tid, Value, ZeoError};
 
 /// A transaction voted on the backends that agreed; their backend
@@ -301,14 +301,19 @@ async fn replay(
     backend.call_timeout("vote", vec![txn], timeout).await
 }
 
-/// Blob data goes to a backend in chunks of this size (ZEO's own): the
-/// connection's send queue holds at most its length in chunks, which
-/// bounds the memory a large blob takes.
-const BLOB_CHUNK: usize = 59_000;
+/// Blob data goes to a backend in chunks of this size: larger than the
+/// 59,000 bytes ZEO's clients send, so that a (Python) ZEO server handles
+/// far fewer messages for the same bytes.
+const BLOB_CHUNK: usize = 1 << 20;
+
+/// A `ping` follows every this many chunks, and the next one is sent only
+/// once the one before is answered: at most two windows of a blob are
+/// ahead of what the backend has taken, whatever the blob's size.
+const BLOB_WINDOW: usize = 8;
 
 /// Streams a spooled blob file to a backend: `storeBlobStart`, then
 /// `storeBlobChunk`s; the caller sends `storeBlobEnd`. Each replay reads
-/// the file on its own, so memory stays at one chunk per backend.
+/// the file on its own, so memory stays at a few windows per backend.
 pub(super) async fn send_blob_file(backend: &Backend, path: &str) -> Result<(), CallError> {
     let unreadable = |error: std::io::Error| CallError::Disconnected {
         backend: backend.name().to_owned(),
@@ -316,6 +321,8 @@ pub(super) async fn send_blob_file(backend: &Backend, path: &str) -> Result<(), 
     };
     let mut file = tokio::fs::File::open(path).await.map_err(unreadable)?;
     backend.one_way("storeBlobStart", vec![]).await?;
+    let mut in_window = 0;
+    let mut window_end: Option<PendingReply> = None;
     loop {
         let chunk = super::blobs::read_chunk(&mut file, BLOB_CHUNK)
             .await
@@ -325,8 +332,20 @@ pub(super) async fn send_blob_file(backend: &Backend, path: &str) -> Result<(), 
             backend
                 .one_way("storeBlobChunk", vec![Value::Bytes(chunk)])
                 .await?;
+            in_window += 1;
+        }
+        if in_window == BLOB_WINDOW {
+            in_window = 0;
+            if let Some(previous) = window_end.take() {
+                previous.reply().await?;
+            }
+            let timeout = backend.settings().call_timeout;
+            window_end = Some(backend.send_call("ping", vec![], timeout).await);
         }
         if last {
+            if let Some(previous) = window_end {
+                previous.reply().await?;
+            }
             return Ok(());
         }
     }

@@ -953,6 +953,10 @@ fn transaction_command(name: &str, mut args: Vec<Value>, reply: ReplyTo) -> TxnC
 /// Blob chunks go to clients in pieces of this size (ZEO's own).
 const BLOB_CHUNK: usize = 59_000;
 
+/// How long a blob stream waits for its client's queue to drain before
+/// looking again.
+const STREAM_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Sends a blob file to a client as a ZEO server does.
 async fn stream_blob(
     outbound: &mpsc::Sender<Outgoing>,
@@ -975,6 +979,14 @@ async fn stream_blob(
             .map_err(unreadable)?;
         let last = chunk.len() < BLOB_CHUNK;
         if !chunk.is_empty() {
+            // Leave half the client's queue to everything else: an
+            // invalidation that finds the queue full disconnects the client.
+            while outbound.capacity() < OUTBOUND_QUEUE / 2 {
+                if outbound.is_closed() {
+                    return Ok(());
+                }
+                tokio::time::sleep(STREAM_PAUSE).await;
+            }
             let chunk = message("receiveBlobChunk", vec![Value::Bytes(chunk)]);
             if outbound.send(chunk).await.is_err() {
                 return Ok(());

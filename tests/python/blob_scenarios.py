@@ -74,6 +74,11 @@ real ZODB clients with their own (not shared) blob directories.
         and a conflict, both backends' histories and blob files are
         identical, no copy is left in a's dir, and the copy journal is
         gone; a journaled copy left by a crash is removed at start-up.
+  slow_reader
+        A client reads a 100 MB blob slowly (its I/O thread pauses at every
+        chunk) while another commits: the stream leaves room in the slow
+        client's queue for invalidations, so it is not disconnected as a
+        client that stopped reading; the bytes match.
 
 Options: --deadline S (the whole scenario; then everything is killed),
 -v. The last line on success: `blob scenario NAME: ok (...)`.
@@ -1203,6 +1208,44 @@ def scenario_backend_dirs(rig):
             '(streamed); no copy left behind, a crash leftover removed')
 
 
+def scenario_slow_reader(rig, size=100 * MB):
+    """A client reading a large blob slowly while another commits: the
+    stream leaves room in its queue for the invalidations, so the slow
+    client is not taken for a stuck one and disconnected."""
+    rig.raid.start()
+    writer = rig.db('writer')
+    oid, serial, expected = commit_large_blob(rig, writer, 'large', size)
+    root = writer.open().root()
+    root['counter'] = 0
+    transaction.commit()
+    slow = rig.db('slow')
+    # The client's I/O object holds the storage's bound method.
+    io = slow.storage._server.client
+    receive = io.receiveBlobChunk
+
+    def slow_receive(*args):
+        time.sleep(0.003)   # blocks the client's I/O thread: it reads late
+        return receive(*args)
+    io.receiveBlobChunk = slow_receive
+    loading = Background('the slow load',
+                         lambda: loaded_digest(slow, oid, serial))
+    loading.start()
+    commits = 0
+    while loading.is_alive() and commits < 400:
+        root['counter'] += 1
+        transaction.commit()
+        commits += 1
+        time.sleep(0.005)
+    digest = loading.result(120)
+    check(digest == expected, 'the slow load got other bytes')
+    check(commits >= 10, f'only {commits} commits during the slow load')
+    stuck = [line for line in rig.raid.log().splitlines()
+             if 'not reading its messages' in line]
+    check(not stuck, f'a client was disconnected: {stuck}')
+    return (f'a {size // MB} MB blob read slowly while {commits} '
+            'transactions were committed: no client disconnected')
+
+
 SCENARIOS = {
     'large': scenario_large,
     'store_and_load': scenario_store_and_load,
@@ -1215,6 +1258,7 @@ SCENARIOS = {
     'mixed_support': scenario_mixed_support,
     'shared_dir': scenario_shared_dir,
     'backend_dirs': scenario_backend_dirs,
+    'slow_reader': scenario_slow_reader,
 }
 
 

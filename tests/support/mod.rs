@@ -563,6 +563,8 @@ pub struct ZeoraidConfig {
     /// other table: more `[server]` keys, or whole tables of their own
     /// (then do not also set `timeouts`, or `[timeouts]` appears twice).
     pub extra_server: Vec<String>,
+    /// More keys for a `[[backend]]` entry: (backend name, raw TOML line).
+    pub backend_extra: Vec<(String, String)>,
 }
 
 impl Default for ZeoraidConfig {
@@ -574,6 +576,7 @@ impl Default for ZeoraidConfig {
             backends: Vec::new(),
             timeouts: Vec::new(),
             extra_server: Vec::new(),
+            backend_extra: Vec::new(),
         }
     }
 }
@@ -626,6 +629,9 @@ impl ZeoraidConfig {
                 toml_str(&format!("127.0.0.1:{port}")),
                 toml_str(storage)
             );
+            for (_, line) in self.backend_extra.iter().filter(|(n, _)| n == name) {
+                let _ = writeln!(text, "{line}");
+            }
         }
         text
     }
