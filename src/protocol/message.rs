@@ -191,11 +191,14 @@ impl Message {
 }
 
 /// A message queued for a connection's writer: its own, or one shared by
-/// every connection it is broadcast to (invalidations, `info`).
-#[derive(Clone, Debug)]
+/// every connection it is broadcast to (invalidations, `info`), or one of
+/// a stream that may have only so many messages queued at once (the permit
+/// is given back once the writer has taken the message).
+#[derive(Debug)]
 pub enum Outgoing {
     Owned(Message),
     Shared(Arc<Message>),
+    Paced(Message, tokio::sync::OwnedSemaphorePermit),
 }
 
 impl Deref for Outgoing {
@@ -203,7 +206,7 @@ impl Deref for Outgoing {
 
     fn deref(&self) -> &Message {
         match self {
-            Outgoing::Owned(message) => message,
+            Outgoing::Owned(message) | Outgoing::Paced(message, _) => message,
             Outgoing::Shared(message) => message,
         }
     }

@@ -1,10 +1,12 @@
 //! Blob directories zeoraid shares with backends (`[[backend]] blob_dir`):
-//! instead of streaming a blob over the ZEO connection, zeoraid copies the
+//! instead of streaming a blob over the ZEO connection, zeoraid puts the
 //! spooled file into the backend's own blob directory, under a `.tmp-`
 //! name in the oid's directory, and sends `storeBlobShared` naming it; the
 //! backend moves it into place at vote, as it does for its shared clients.
-//! A copy, not a hard link: each backend keeps a file of its own, as a
-//! mirror should.
+//! On the spool's file system the file is hard-linked (no data is copied;
+//! committed blob files are never written again, so sharing the data
+//! blocks is safe there, where the backends share the disk anyway),
+//! elsewhere copied.
 //!
 //! A copy the backend did not take (it failed, or the transaction ended
 //! before its vote) is removed once the backend's vote is over. So that a
@@ -67,8 +69,9 @@ impl BackendBlobCopies {
         })
     }
 
-    /// Copies `source` into `dir` for the blob of `oid`; the returned copy
-    /// removes the file when dropped unless the backend has taken it.
+    /// Links or copies `source` into `dir` for the blob of `oid`; the
+    /// returned copy removes the file when dropped unless the backend has
+    /// taken it.
     pub async fn copy(
         &self,
         dir: &SharedBlobDir,
@@ -91,7 +94,9 @@ impl BackendBlobCopies {
             path,
             name,
         };
-        tokio::fs::copy(source, &copy.path).await?;
+        if fs::hard_link(source, &copy.path).is_err() {
+            tokio::fs::copy(source, &copy.path).await?;
+        }
         Ok(copy)
     }
 

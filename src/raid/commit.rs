@@ -15,6 +15,7 @@ use tracing::debug;
 
 use super::backend_blob_dirs::BackendBlobCopies;
 use super::blob_dir::SharedBlobDir;
+use super::blobs::{BlobChunks, BLOB_CHUNK};
 use super::txnlog::TxnLog;
 use super::Raid;
 use crate::backend::{Backend, CallError, PendingReply};
@@ -301,15 +302,10 @@ async fn replay(
     backend.call_timeout("vote", vec![txn], timeout).await
 }
 
-/// Blob data goes to a backend in chunks of this size: larger than the
-/// 59,000 bytes ZEO's clients send, so that a (Python) ZEO server handles
-/// far fewer messages for the same bytes.
-const BLOB_CHUNK: usize = 1 << 20;
-
-/// A `ping` follows every this many chunks, and the next one is sent only
-/// once the one before is answered: at most two windows of a blob are
-/// ahead of what the backend has taken, whatever the blob's size.
-const BLOB_WINDOW: usize = 8;
+/// A `ping` follows every this many chunks (about 7.5 MB), and the next
+/// one is sent only once the one before is answered: at most two windows
+/// of a blob are ahead of what the backend has taken, whatever its size.
+const BLOB_WINDOW: usize = 128;
 
 /// Streams a spooled blob file to a backend: `storeBlobStart`, then
 /// `storeBlobChunk`s; the caller sends `storeBlobEnd`. Each replay reads
@@ -319,14 +315,13 @@ pub(super) async fn send_blob_file(backend: &Backend, path: &str) -> Result<(), 
         backend: backend.name().to_owned(),
         reason: format!("cannot read the spooled blob {path}: {error}"),
     };
-    let mut file = tokio::fs::File::open(path).await.map_err(unreadable)?;
+    let file = tokio::fs::File::open(path).await.map_err(unreadable)?;
+    let mut chunks = BlobChunks::new(file);
     backend.one_way("storeBlobStart", vec![]).await?;
     let mut in_window = 0;
     let mut window_end: Option<PendingReply> = None;
     loop {
-        let chunk = super::blobs::read_chunk(&mut file, BLOB_CHUNK)
-            .await
-            .map_err(unreadable)?;
+        let chunk = chunks.next().await.map_err(unreadable)?;
         let last = chunk.len() < BLOB_CHUNK;
         if !chunk.is_empty() {
             backend

@@ -39,7 +39,7 @@ use crate::config::{Config, FailMode, RecoverySettings};
 use crate::protocol::{Message, Outgoing, Tid, Value, ZeoError};
 pub use blob_cache::CacheFigures;
 pub use blob_dir::{remove_leftover_blob_spools, SharedBlobDir, BLOB_SPOOL_PREFIX};
-pub use blobs::read_chunk;
+pub use blobs::{BlobChunks, BLOB_CHUNK};
 pub use commit::{VoteOutcome, Voted};
 pub use invalidations::Changes;
 use invalidations::InvalidationHistory;

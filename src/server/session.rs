@@ -27,7 +27,7 @@ use super::{send_reply, status, validate, FrontendSettings};
 use crate::backend::CallError;
 use crate::protocol::framing::{frame_reader, FrameReader, FrameWriter};
 use crate::protocol::{Encoding, Message, MessageKind, Outgoing, Tid, Value, ZeoError};
-use crate::raid::{read_chunk, Changes, ClientId, Raid, RecoveryOptions};
+use crate::raid::{BlobChunks, Changes, ClientId, Raid, RecoveryOptions, BLOB_CHUNK};
 
 /// Messages queued for one client. Replies wait for room (backpressure on
 /// that client alone); broadcasts that find it full disconnect the client.
@@ -950,12 +950,10 @@ fn transaction_command(name: &str, mut args: Vec<Value>, reply: ReplyTo) -> TxnC
     }
 }
 
-/// Blob chunks go to clients in pieces of this size (ZEO's own).
-const BLOB_CHUNK: usize = 59_000;
-
-/// How long a blob stream waits for its client's queue to drain before
-/// looking again.
-const STREAM_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+/// Chunks of one blob stream queued for its client at most: the rest of
+/// the queue stays free for everything else (an invalidation that finds
+/// the queue full disconnects the client).
+const STREAM_WINDOW: usize = 32;
 
 /// Sends a blob file to a client as a ZEO server does.
 async fn stream_blob(
@@ -965,30 +963,24 @@ async fn stream_blob(
     file: std::fs::File,
 ) -> Result<(), ZeoError> {
     let unreadable = |e: std::io::Error| ZeoError::storage(format!("cannot read the blob: {e}"));
-    let mut file = tokio::fs::File::from_std(file);
+    let mut chunks = BlobChunks::new(tokio::fs::File::from_std(file));
     let message = |name: &str, mut args: Vec<Value>| {
         let mut all = vec![oid.clone(), serial.clone()];
         all.append(&mut args);
-        Outgoing::Owned(Message::one_way(name, all))
+        Message::one_way(name, all)
     };
     // A client gone meanwhile: its session ends, nothing to do here.
-    let _ = outbound.send(message("receiveBlobStart", vec![])).await;
+    let _ = outbound
+        .send(Outgoing::Owned(message("receiveBlobStart", vec![])))
+        .await;
+    let window = Arc::new(tokio::sync::Semaphore::new(STREAM_WINDOW));
     loop {
-        let chunk = read_chunk(&mut file, BLOB_CHUNK)
-            .await
-            .map_err(unreadable)?;
+        let chunk = chunks.next().await.map_err(unreadable)?;
         let last = chunk.len() < BLOB_CHUNK;
         if !chunk.is_empty() {
-            // Leave half the client's queue to everything else: an
-            // invalidation that finds the queue full disconnects the client.
-            while outbound.capacity() < OUTBOUND_QUEUE / 2 {
-                if outbound.is_closed() {
-                    return Ok(());
-                }
-                tokio::time::sleep(STREAM_PAUSE).await;
-            }
+            let turn = window.clone().acquire_owned().await.expect("never closed");
             let chunk = message("receiveBlobChunk", vec![Value::Bytes(chunk)]);
-            if outbound.send(chunk).await.is_err() {
+            if outbound.send(Outgoing::Paced(chunk, turn)).await.is_err() {
                 return Ok(());
             }
         }
@@ -996,7 +988,9 @@ async fn stream_blob(
             break;
         }
     }
-    let _ = outbound.send(message("receiveBlobStop", vec![])).await;
+    let _ = outbound
+        .send(Outgoing::Owned(message("receiveBlobStop", vec![])))
+        .await;
     Ok(())
 }
 
