@@ -510,7 +510,7 @@ impl Run<'_> {
                 let line = format!("blob_dir = {:?}", server.blob_dir().display().to_string());
                 config.backend_extra.push((backend_name(i), line));
             }
-            notes.push("blobs copied into the backends' blob dirs".to_owned());
+            notes.push("blobs put into the backends' blob dirs (storeBlobShared)".to_owned());
         } else {
             notes.push("blobs streamed to the backends".to_owned());
         }
