@@ -106,3 +106,10 @@ fn backend_blob_directories() {
 fn a_slow_blob_reader_is_not_disconnected() {
     SCRIPT.run(&["slow_reader"], SCRIPT_DEADLINE);
 }
+
+/// A backend that cannot store a blob the others store answers vote
+/// differently: it is degraded and the commit goes through.
+#[test]
+fn a_backend_failing_a_blob_store_is_degraded() {
+    SCRIPT.run(&["vote_differs"], SCRIPT_DEADLINE);
+}

@@ -79,6 +79,10 @@ real ZODB clients with their own (not shared) blob directories.
         chunk) while another commits: the stream leaves room in the slow
         client's queue for invalidations, so it is not disconnected as a
         client that stopped reading; the bytes match.
+  vote_differs
+        Backend b cannot store blobs (a file where its oid directories must
+        go): a blob commit goes through on a, b is degraded for answering
+        vote differently, the blob loads back from a.
 
 Options: --deadline S (the whole scenario; then everything is killed),
 -v. The last line on success: `blob scenario NAME: ok (...)`.
@@ -1246,6 +1250,33 @@ def scenario_slow_reader(rig, size=100 * MB):
             'transactions were committed: no client disconnected')
 
 
+def scenario_vote_differs(rig):
+    """A backend that cannot store a blob the others store (a file where
+    its oid directory must go) answers vote differently: it is degraded,
+    the commit goes through on the other."""
+    filestorage_backends(rig)
+    a, b = rig.backends
+    with open(os.path.join(b.blob_dir, '0x00'), 'w') as f:
+        f.write('in the way of every oid directory')
+    rig.raid.start()
+    db = rig.db('client')
+    root = db.open().root()
+    root['blob'] = ZODB.blob.Blob()
+    write_blob(root['blob'], b'stored on a only')
+    transaction.commit()
+    details = {str(k): str(v)
+               for k, v in dict(db.storage._call('raid_details')).items()}
+    check(details['a'] == 'optimal', f'raid_details: {details}')
+    check(details['b'].startswith('degraded: ') and 'vote' in details['b'],
+          f'b could not store the blob: {details["b"]!r}')
+    reader = rig.db('reader')
+    check(read_blob(reader.open().root()['blob']) == b'stored on a only',
+          'the blob does not load back from a')
+    check(len(blob_files(a.blob_dir)) == 1 and not blob_files(b.blob_dir),
+          f'blob files: a {blob_files(a.blob_dir)}, b {blob_files(b.blob_dir)}')
+    return f'b degraded ({details["b"][:70]}...); the commit went through on a'
+
+
 SCENARIOS = {
     'large': scenario_large,
     'store_and_load': scenario_store_and_load,
@@ -1259,6 +1290,7 @@ SCENARIOS = {
     'shared_dir': scenario_shared_dir,
     'backend_dirs': scenario_backend_dirs,
     'slow_reader': scenario_slow_reader,
+    'vote_differs': scenario_vote_differs,
 }
 
 
