@@ -16,9 +16,8 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use tracing::{error, info, warn};
-
 use futures_util::future::join_all;
+use tracing::{error, info, warn};
 
 use super::recovery::ServerIterator;
 use super::state::SharedBlobsMark;

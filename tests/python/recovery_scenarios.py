@@ -189,7 +189,8 @@ def start_all(backends):
 
 def wait_connected(rig, backend, handshakes_before, what):
     """Waits until zeoraid has connected to a (re)started backend."""
-    poll(lambda: backend.handshakes_logged() > handshakes_before, 20,
+    poll(lambda: backend.handshakes_logged()
+         >= handshakes_before + rs.ZEORAID_LINKS, 20,
          f'{what}: zeoraid never connected to backend {backend.name}')
 
 
@@ -375,21 +376,28 @@ def expect_refusal(call, class_name, needles, what):
                           f'{class_name} refusal')
 
 
-def raw_call(port, method, *args):
+def raw_call(port, method, *args, attempts=3):
     """`method` over a bare read-only registration (works while zeoraid is
-    failed and refuses writable clients). Returns its result."""
-    client = rs.RawClient(port)
-    try:
-        client.handshake()
-        answer = client.call('register', '1', True)
-        check(answer is not None and answer[0],
-              f'read-only register refused: {answer!r}')
-        answer = client.call(method, *args)
-        check(answer is not None and answer[0],
-              f'{method} over a read-only registration failed: {answer!r}')
-        return normalize(answer[1])
-    finally:
-        client.close()
+    failed and refuses writable clients). Returns its result. A connection
+    zeoraid closes unanswered is tried again: registered a moment before
+    the RAID failed, it was closed with every other client."""
+    for attempt in range(attempts):
+        client = rs.RawClient(port)
+        try:
+            client.handshake()
+            answer = client.call('register', '1', True)
+            if answer is not None:
+                check(answer[0], f'read-only register refused: {answer!r}')
+                answer = client.call(method, *args)
+        finally:
+            client.close()
+        if answer is not None:
+            check(answer[0], f'{method} over a read-only registration '
+                             f'failed: {answer!r}')
+            return normalize(answer[1])
+        time.sleep(0.05)
+    raise ScenarioFailure(f'{method} over a read-only registration: zeoraid '
+                          f'closed the connection {attempts} times')
 
 
 def wait_degraded(details, name, reason_prefix, context, timeout=5):
