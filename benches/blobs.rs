@@ -303,26 +303,7 @@ struct Bench {
 impl Bench {
     /// Runs `blob_bench.py <args>`; its last stdout line as JSON.
     fn run(&self, args: &[String]) -> Json {
-        let output = Command::new(&self.python)
-            .arg(&self.script)
-            .args(args)
-            .env("PYTHONUNBUFFERED", "1")
-            .env_remove("ZEO_MSGPACK")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.python.display()));
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        if !output.status.success() {
-            panic!(
-                "blob_bench.py {} failed ({})\n--- stdout:\n{stdout}\n--- stderr:\n{}",
-                args.join(" "),
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let line = support::last_line(&stdout);
-        serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("blob_bench.py {}: {e}: {line:?}", args.join(" ")))
+        support::run_json_script(&self.python, &self.script, args)
     }
 
     /// Panics unless `server`'s blob dir holds exactly the source files.
@@ -384,6 +365,19 @@ struct Row {
     note: String,
     /// CPU seconds per process ("client", "zeoraid", "a", "b", ...).
     cpu: Json,
+}
+
+impl Row {
+    /// A timed phase's row: its seconds and CPU from the driver's JSON.
+    fn of(round: usize, label: &'static str, phase: &Json, note: String) -> Row {
+        Row {
+            round,
+            label,
+            seconds: float(phase, "seconds"),
+            note,
+            cpu: phase["cpu"].clone(),
+        }
+    }
 }
 
 const DIRECT_UP: &str = "direct, upload";
@@ -465,20 +459,13 @@ impl Run<'_> {
         check_download(pass, self.sources, DIRECT_DOWN);
         self.bench
             .check_blob_dir(&mut server, self.sources, "direct upload");
-        rows.push(Row {
+        rows.push(Row::of(
             round,
-            label: DIRECT_UP,
-            seconds: float(&result["upload"], "seconds"),
-            note: upload_note(&result["upload"]),
-            cpu: result["upload"]["cpu"].clone(),
-        });
-        rows.push(Row {
-            round,
-            label: DIRECT_DOWN,
-            seconds: float(pass, "seconds"),
-            note: download_note(pass),
-            cpu: pass["cpu"].clone(),
-        });
+            DIRECT_UP,
+            &result["upload"],
+            upload_note(&result["upload"]),
+        ));
+        rows.push(Row::of(round, DIRECT_DOWN, pass, download_note(pass)));
     }
 
     /// zeoraid over `servers`, with a `[blob_cache]` table for every blob
@@ -574,27 +561,24 @@ impl Run<'_> {
                 counter("cache_hits"),
             )
         };
-        rows.push(Row {
+        rows.push(Row::of(
             round,
-            label: RAID_UP,
-            seconds: float(&result["upload"], "seconds"),
-            note: upload_note(&result["upload"]),
-            cpu: result["upload"]["cpu"].clone(),
-        });
-        rows.push(Row {
+            RAID_UP,
+            &result["upload"],
+            upload_note(&result["upload"]),
+        ));
+        rows.push(Row::of(
             round,
-            label: RAID_DOWN,
-            seconds: float(passes[0], "seconds"),
-            note: format!("{}; then {}", download_note(passes[0]), cache(passes[0])),
-            cpu: passes[0]["cpu"].clone(),
-        });
-        rows.push(Row {
+            RAID_DOWN,
+            passes[0],
+            format!("{}; then {}", download_note(passes[0]), cache(passes[0])),
+        ));
+        rows.push(Row::of(
             round,
-            label: RAID_CACHED,
-            seconds: float(passes[1], "seconds"),
-            note: format!("{}; then {}", download_note(passes[1]), cache(passes[1])),
-            cpu: passes[1]["cpu"].clone(),
-        });
+            RAID_CACHED,
+            passes[1],
+            format!("{}; then {}", download_note(passes[1]), cache(passes[1])),
+        ));
         format!(
             "{cache_note}; zeoraid peak RSS {}",
             peak.map_or("unknown".to_owned(), |mib| format!("{mib} MiB"))

@@ -33,7 +33,6 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -175,26 +174,7 @@ struct Bench {
 impl Bench {
     /// Runs `recovery_bench.py <args>`; its last stdout line as JSON.
     fn run(&self, args: &[String]) -> Json {
-        let output = Command::new(&self.python)
-            .arg(&self.script)
-            .args(args)
-            .env("PYTHONUNBUFFERED", "1")
-            .env_remove("ZEO_MSGPACK")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.python.display()));
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        if !output.status.success() {
-            panic!(
-                "recovery_bench.py {} failed ({})\n--- stdout:\n{stdout}\n--- stderr:\n{}",
-                args.join(" "),
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let line = support::last_line(&stdout);
-        serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("recovery_bench.py {}: {e}: {line:?}", args.join(" ")))
+        support::run_json_script(&self.python, &self.script, args)
     }
 
     /// What `server` holds: stops it and reads its FileStorage.

@@ -961,6 +961,35 @@ pub fn last_line(output: &str) -> &str {
         .unwrap_or("")
 }
 
+/// Runs a benchmark's Python driver, `python script args...`, and returns
+/// its last stdout line as JSON; panics with its output if it fails.
+pub fn run_json_script(python: &Path, script: &Path, args: &[String]) -> serde_json::Value {
+    let name = script.file_name().map_or_else(
+        || script.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let output = Command::new(python)
+        .arg(script)
+        .args(args)
+        .env("PYTHONUNBUFFERED", "1")
+        .env_remove("ZEO_MSGPACK")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        panic!(
+            "{name} {} failed ({})\n--- stdout:\n{stdout}\n--- stderr:\n{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let line = last_line(&stdout);
+    serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("{name} {}: {e}: {line:?}", args.join(" ")))
+}
+
 /// Asserts that `output` ends with `<word>: N passed, 0 failed[, N
 /// skipped]` with N > 0, and returns (passed, skipped).
 pub fn assert_summary(output: &str, word: &str) -> (u32, u32) {
