@@ -279,6 +279,21 @@ def wait_while_running(thread, predicate, timeout, what):
     return zt.wait_until(ready, timeout, interval=0.005, what=what)
 
 
+def stop_and_compare(rig, when):
+    """Stops everything; both backends' FileStorages must hold the same
+    history and their blob dirs the same files (paths, SHA-256). Returns
+    the history comparison and a's blob files."""
+    rig.stop()
+    histories = zt.compare_histories(
+        [(name, backend.path) for name, backend in zip('ab', rig.backends)])
+    files = [blob_files(backend.blob_dir) for backend in rig.backends]
+    check(files[0] == files[1],
+          f'{when}: the backends\' blob files differ: only on a '
+          f'{sorted(set(files[0]) - set(files[1]))[:5]}, only on b '
+          f'{sorted(set(files[1]) - set(files[0]))[:5]}')
+    return histories, files[0]
+
+
 def write_blob(blob, data):
     with blob.open('w') as f:
         f.write(data)
@@ -336,17 +351,10 @@ def scenario_store_and_load(rig):
               f'through zeoraid, {len(data)} committed')
     leftovers = rig.spool_files()
     check(not leftovers, f'blob spool files left in the state dir: {leftovers}')
-    rig.stop()
-
-    histories = zt.compare_histories(
-        [(name, backend.path) for name, backend in zip('ab', rig.backends)])
-    files = [blob_files(backend.blob_dir) for backend in rig.backends]
-    check(len(files[0]) == len(expected),
-          f'backend a holds {len(files[0])} blob files, expected '
+    histories, files = stop_and_compare(rig, 'after the run')
+    check(len(files) == len(expected),
+          f'backend a holds {len(files)} blob files, expected '
           f'{len(expected)} (one per committed revision)')
-    check(files[0] == files[1],
-          f'the backends\' blob files differ: a {sorted(files[0])}, '
-          f'b {sorted(files[1])}')
     return (f'{len(expected)} blob revisions ({sum(map(len, expected.values()))} '
             f'bytes) stored on both backends and loaded back; '
             f'{histories.transactions} transactions and the blob files '
@@ -422,16 +430,9 @@ def scenario_recover_empty(rig):
         check(got == data, f'blob {key!r} at {serial.hex()} from the '
                            f'recovered b: {len(got)} bytes, {len(data)} '
                            'committed')
-    rig.stop()
-    histories = zt.compare_histories(
-        [(name, backend.path) for name, backend in zip('ab', rig.backends)])
-    files = [blob_files(backend.blob_dir) for backend in rig.backends]
-    check(files[0] == files[1],
-          f'blob files differ after the recovery: only on a '
-          f'{sorted(set(files[0]) - set(files[1]))[:5]}, only on b '
-          f'{sorted(set(files[1]) - set(files[0]))[:5]}')
+    histories, files = stop_and_compare(rig, 'after the recovery')
     return (f'empty b recovered: {info["transactions_copied"]} transactions, '
-            f'{len(files[1])} blob files identical to a\'s; '
+            f'{len(files)} blob files identical to a\'s; '
             f'{len(revisions)} revisions loaded from b alone; '
             f'{histories.transactions} transactions identical')
 
@@ -486,9 +487,7 @@ def scenario_large(rig, mib=1024):
           f'{download:.1f} s download with a 3 s call timeout')
     leftovers = rig.spool_files()
     check(not leftovers, f'blob spool files left: {leftovers}')
-    rig.stop()
-    files = [blob_files(backend.blob_dir) for backend in rig.backends]
-    check(files[0] == files[1], 'the backends\' blob files differ')
+    stop_and_compare(rig, 'after the 1 GiB blob')
     return (f'{mib} MiB blob: upload {upload:.1f} s, download {download:.1f} '
             f's, zeoraid peak RSS {peak // 1024} MiB, both backends '
             'optimal and identical')
@@ -912,15 +911,11 @@ def scenario_temp_files(rig, per_writer=70, conflict_rounds=5):
     rs.check_details(rs.raid_details(reader), [], 'ab', 'at the end')
     check(not rig.raid.degradations(),
           f'degradations: {rig.raid.degradations()}')
-    rig.stop()
-    histories = zt.compare_histories(
-        [(name, backend.path) for name, backend in zip('ab', rig.backends)])
-    files = [blob_files(backend.blob_dir) for backend in rig.backends]
-    check(files[0] == files[1], 'the backends\' blob files differ')
+    histories, files = stop_and_compare(rig, 'at the end')
     return (f'{workload}; no temp file left. Crash 1: {after_upload}; '
             f'crash 2: {after_download}; after each restart no temp file '
             f'and both optimal; {histories.transactions} transactions and '
-            f'{len(files[0])} blob files identical on a and b')
+            f'{len(files)} blob files identical on a and b')
 
 
 def cache_figures(storage):
@@ -1194,20 +1189,14 @@ def scenario_backend_dirs(rig):
                for k, v in dict(db.storage._call('raid_details')).items()}
     check(details == {'a': 'optimal', 'b': 'optimal'},
           f'raid_details: {details}')
-    rig.stop()
-    histories = zt.compare_histories(
-        [(name, backend.path) for name, backend in zip('ab', rig.backends)])
-    files = [blob_files(backend.blob_dir) for backend in rig.backends]
-    check(files[0] == files[1],
-          f'blob files differ: only a {sorted(set(files[0]) - set(files[1]))[:4]}'
-          f', only b {sorted(set(files[1]) - set(files[0]))[:4]}')
+    histories, files = stop_and_compare(rig, 'after the run')
     strays = [os.path.join(d, name) for d, _, names in os.walk(a.blob_dir)
               for name in names if name.startswith(SPOOL_PREFIX)]
     check(not strays, f'zeoraid copies left in a\'s blob dir: {strays}')
     check(not os.path.exists(
         os.path.join(rig.raid.state_dir, 'backend-blob-copies')),
         'the copy journal was not emptied')
-    return (f'{histories.transactions} transactions and {len(files[0])} blob '
+    return (f'{histories.transactions} transactions and {len(files)} blob '
             'files identical on a (copied into its blob dir) and b '
             '(streamed); no copy left behind, a crash leftover removed')
 
