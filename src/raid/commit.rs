@@ -244,8 +244,8 @@ impl Raid {
     }
 }
 
-/// Sends the logged transaction to one backend and votes. Blobs go to a
-/// backend whose blob directory zeoraid shares as copies in it, else
+/// Sends the logged transaction to one backend and votes. Blobs are put
+/// into the backend's blob directory when zeoraid shares it, else
 /// streamed.
 async fn replay(
     voter: &Voter,
@@ -287,7 +287,7 @@ async fn replay(
                     .await
                     .map_err(|error| CallError::Disconnected {
                         backend: backend.name().to_owned(),
-                        reason: format!("cannot copy a blob into its blob_dir: {error}"),
+                        reason: format!("cannot put a blob into its blob_dir: {error}"),
                     })?;
                 args.extend([Value::str(copy.name()), txn.clone()]);
                 copies.push(copy);

@@ -25,11 +25,7 @@ use tracing::{debug, warn};
 use super::{send_reply, FrontendSettings};
 use crate::protocol::{Message, Outgoing, Value, ZeoError};
 use crate::raid::txnlog::TxnLog;
-use crate::raid::{self, ClientId, Raid, VoteOutcome};
-
-/// Spooled blob files start with this, so that files a crash left behind
-/// are recognised and removed at the next start.
-pub use crate::raid::BLOB_SPOOL_PREFIX;
+use crate::raid::{self, ClientId, Raid, VoteOutcome, BLOB_SPOOL_PREFIX};
 
 /// Where a call's reply goes.
 pub struct ReplyTo {
