@@ -39,6 +39,21 @@ fn recovery_onto_an_empty_backend_copies_every_blob_file() {
     SCRIPT.run(&["recover_empty"], SCRIPT_DEADLINE);
 }
 
+/// A history with undos of blob revisions, and an undo of such an undo
+/// (re-creating an undone blob), is recovered onto an empty backend:
+/// every revision loads from it alone, the blob files are identical.
+#[test]
+fn recovery_copies_undone_blob_revisions() {
+    SCRIPT.run(&["recover_undone"], SCRIPT_DEADLINE);
+}
+
+/// With the target's blob directory shared, recovery copies blob records
+/// exactly: record order and undo back-pointers as on the source.
+#[test]
+fn recovery_through_the_targets_blob_directory_is_exact() {
+    SCRIPT.run(&["recover_exact"], SCRIPT_DEADLINE);
+}
+
 /// A 1 GiB blob through zeoraid with its peak RSS under 200 MiB; backends
 /// streaming it for longer than the call timeout stay optimal.
 #[test]

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::blob_copy::{CopyAs, HeldRecords};
+use super::blob_dir::SharedBlobDir;
 use super::blobs::{blob_support, NO_BLOB_SUPPORT};
 use super::commit::{same_value, send_blob_file};
 use super::rate::{Limits, RateLimiter};
@@ -1092,6 +1093,7 @@ async fn copy_pass(
         raid,
         source,
         target: &raid.backends[target],
+        target_blob_dir: raid.backend_blob_dirs[target].as_ref(),
         reached,
         copied: 0,
         source_lost: false,
@@ -1162,6 +1164,9 @@ struct TargetWriter<'a> {
     raid: &'a Raid,
     source: usize,
     target: &'a Backend,
+    /// The target's blob directory, when zeoraid shares it: then blob
+    /// records are copied exactly (see `copy_held_exactly`).
+    target_blob_dir: Option<&'a SharedBlobDir>,
     reached: &'a mut Tid,
     copied: u64,
     /// Set when the source was degraded during the pass: what it serves
@@ -1322,6 +1327,9 @@ impl TargetWriter<'_> {
         txn: i64,
         tid: Tid,
     ) -> Result<u64, String> {
+        if let Some(dir) = self.target_blob_dir {
+            return self.copy_held_exactly(records, dir, txn, tid).await;
+        }
         let plan = records.plan(sent_oids);
         let mut blob_stores = Vec::new();
         let mut reader = records.log().reader();
@@ -1367,6 +1375,59 @@ impl TargetWriter<'_> {
         Ok(bytes)
     }
 
+    /// With the target's blob directory shared: every held record restored
+    /// as it is (order, `data_txn`), and each blob record's file, fetched
+    /// from an optimal backend, put in place there before the vote, as
+    /// ZODB's own `restoreBlob` does; returns the blob bytes. (A transaction
+    /// that then fails leaves its files behind, unreferenced, as a ZEO
+    /// server dying between vote and finish does.)
+    async fn copy_held_exactly(
+        &self,
+        records: &HeldRecords,
+        dir: &SharedBlobDir,
+        txn: i64,
+        tid: Tid,
+    ) -> Result<u64, String> {
+        let mut reader = records.log().reader();
+        let mut placed = HashSet::new();
+        let mut bytes = 0;
+        while let Some((_, args)) = reader
+            .next()
+            .await
+            .map_err(|e| format!("cannot read held records: {e}"))?
+        {
+            let record = <[Value; 4]>::try_from(args.clone())
+                .map(|[oid, serial, data, data_txn]| Record {
+                    oid,
+                    serial,
+                    data,
+                    data_txn,
+                })
+                .map_err(|_| "a held record with the wrong arguments".to_owned())?;
+            self.restore(args, txn).await?;
+            let oid = Tid::from_value(&record.oid).unwrap_or_default();
+            if !record.is_blob() || !placed.insert(oid) {
+                continue;
+            }
+            let cannot =
+                |e: String| format!("cannot copy the blob of oid {oid} in transaction {tid}: {e}");
+            let file = self
+                .raid
+                .load_blob(
+                    &record.oid,
+                    &record.serial,
+                    &self.raid.spool_dir,
+                    BLOB_COPY_PREFIX,
+                )
+                .await
+                .map_err(|e| cannot(e.to_string()))?;
+            bytes += std::fs::metadata(&file).map_or(0, |m| m.len());
+            dir.place(oid.0, tid.0, file)
+                .map_err(|e| cannot(e.to_string()))?;
+        }
+        Ok(bytes)
+    }
+
     /// The object's serial on the target before `tid` (zero for a new
     /// object): what a store there must name.
     async fn current_serial(&self, oid: &Value, tid: Tid) -> Result<Value, String> {
@@ -1380,10 +1441,31 @@ impl TargetWriter<'_> {
                 .and_then(|r| r.get(1))
                 .cloned()
                 .ok_or_else(|| format!("loadBefore returned {}", reply.summary())),
-            Err(CallError::Remote(error)) if error.class_name.ends_with("POSKeyError") => {
-                Ok(Tid::ZERO.to_value())
+            // No data before `tid`: a new object, or one whose current
+            // record undid its creation (which the store must still name).
+            Err(CallError::Remote(error)) if error.is_pos_key_error() => {
+                self.last_record_tid(oid).await
             }
             Err(error) => Err(format!("loadBefore: {error}")),
+        }
+    }
+
+    /// The tid of the object's newest record on the target, data or not
+    /// (`history`), zero for an object it does not have.
+    async fn last_record_tid(&self, oid: &Value) -> Result<Value, String> {
+        match self
+            .target
+            .call("history", vec![oid.clone(), Value::Int(1)])
+            .await
+        {
+            Ok(reply) => reply
+                .as_seq()
+                .and_then(|entries| entries.first())
+                .and_then(|entry| entry.dict_get("tid"))
+                .cloned()
+                .ok_or_else(|| format!("history returned {}", reply.summary())),
+            Err(CallError::Remote(error)) if error.is_pos_key_error() => Ok(Tid::ZERO.to_value()),
+            Err(error) => Err(format!("history: {error}")),
         }
     }
 
