@@ -16,13 +16,11 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
-
-use parking_lot::Mutex;
-use tracing::{debug, warn};
+use std::sync::Weak;
 
 use futures_util::future::join_all;
-
-use std::sync::Weak;
+use parking_lot::Mutex;
+use tracing::{debug, warn};
 
 use super::blob_cache::{BlobKey, PART_PREFIX};
 use super::{Raid, Shared};

@@ -509,35 +509,25 @@ impl Session {
             | "storeBlobStart"
             | "storeBlobChunk"
             | "storeBlobEnd"
+            | "storeBlobShared"
             | "vote"
             | "tpc_finish"
             | "tpc_abort" => {
                 if let Err(error) = self.writable() {
                     return self.respond(name, reply, Err(error)).await;
                 }
+                let command = match name {
+                    "storeBlobShared" => self.shared_blob_command(args)?,
+                    _ => transaction_command(name, args, reply),
+                };
                 let queue = self.txn.as_ref().expect("writable sessions have a worker");
-                if queue
-                    .send(transaction_command(name, args, reply))
-                    .await
-                    .is_err()
-                {
+                if queue.send(command).await.is_err() {
                     return Err("transaction worker ended".into());
                 }
                 Ok(())
             }
             "sendBlob" => {
                 self.send_blob(args, reply);
-                Ok(())
-            }
-            "storeBlobShared" => {
-                if let Err(error) = self.writable() {
-                    return self.respond(name, reply, Err(error)).await;
-                }
-                let command = self.shared_blob_command(args)?;
-                let queue = self.txn.as_ref().expect("writable sessions have a worker");
-                if queue.send(command).await.is_err() {
-                    return Err("transaction worker ended".into());
-                }
                 Ok(())
             }
             other => {
